@@ -1,0 +1,74 @@
+"""Engine configuration: frozen keyword-only dataclasses validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from ember.errors import InvalidInputError
+
+
+def _require(condition: bool, field_name: str, value, rule: str) -> None:
+    if not condition:
+        raise InvalidInputError(f"{field_name}={value!r}: {rule}", param=field_name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    model: str = field(metadata={"help": "HF checkpoint directory or hub id"})
+    dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
+    block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
+    num_kv_blocks: int | None = field(
+        default=None, metadata={"help": "KV-cache blocks (default: from --kv-cache-memory-gb)"}
+    )
+    kv_cache_memory_gb: float = field(
+        default=2.0, metadata={"help": "memory for the KV cache when --num-kv-blocks is unset"}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "context length (default: the model's)"}
+    )
+    max_num_seqs: int = field(default=128, metadata={"help": "requests running at once"})
+    max_num_batched_tokens: int = field(
+        default=2048, metadata={"help": "per-step token budget (prefill chunks + decodes)"}
+    )
+    enable_chunked_prefill: bool = field(
+        default=True, metadata={"help": "split long prompts across steps"}
+    )
+    enable_prefix_caching: bool = field(
+        default=True, metadata={"help": "reuse KV of shared prompt prefixes"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed for requests without their own"})
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "model", self.model, "a model path or id is required")
+        _require(self.block_size >= 1, "block_size", self.block_size, "must be >= 1")
+        _require(
+            self.num_kv_blocks is None or self.num_kv_blocks >= 1,
+            "num_kv_blocks",
+            self.num_kv_blocks,
+            "must be >= 1",
+        )
+        _require(self.kv_cache_memory_gb > 0, "kv_cache_memory_gb", self.kv_cache_memory_gb, "must be > 0")
+        _require(
+            self.max_model_len is None or self.max_model_len >= 1,
+            "max_model_len",
+            self.max_model_len,
+            "must be >= 1",
+        )
+        _require(self.max_num_seqs >= 1, "max_num_seqs", self.max_num_seqs, "must be >= 1")
+        _require(
+            self.max_num_batched_tokens >= 1,
+            "max_num_batched_tokens",
+            self.max_num_batched_tokens,
+            "must be >= 1",
+        )
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown engine option(s) {unknown}; valid options: {sorted(names - {'model'})}"
+            )
+        return cls(model=model, **kwargs)

@@ -1,0 +1,87 @@
+"""Runs one scheduled batch through the model: owns the KV cache tensors, builds the step's
+inputs and attention metadata, returns logits rows. It never imports the scheduler."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from ember.attention import build_attention_metadata
+from ember.engine.batch import Batch
+from ember.models.config import ModelArchConfig
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    sample_ids: list[str]  # request ids, one per row of ``logits``
+    logits: torch.Tensor  # [len(sample_ids), vocab] fp32
+    prompt_logits: dict[str, tuple[int, torch.Tensor]]  # id -> (first position, [n, vocab])
+
+
+def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return 2 * arch.num_layers * block_size * arch.num_kv_heads * arch.head_dim * element_size
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        arch: ModelArchConfig,
+        *,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.arch = arch
+        self.block_size = block_size
+        self.device = device
+        shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+        # NOTE: zeros, not empty: masked keys still meet V in the matmul (0 * NaN = NaN).
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(arch.num_layers)
+        ]
+
+    @torch.inference_mode()
+    def run(self, batch: Batch) -> RunnerOutput:
+        items = batch.requests
+        input_ids = list(itertools.chain.from_iterable(r.token_ids for r in items))
+        positions = list(
+            itertools.chain.from_iterable(range(r.start_position, r.kv_len) for r in items)
+        )
+        query_lens = [r.num_tokens for r in items]
+        meta = build_attention_metadata(
+            query_lens=query_lens,
+            positions=torch.tensor(positions, dtype=torch.long),
+            kv_lens=[r.kv_len for r in items],
+            block_tables=[r.block_ids for r in items],
+            block_size=self.block_size,
+            device=self.device,
+        )
+        hidden = self.model(
+            torch.tensor(input_ids, dtype=torch.long, device=self.device),
+            meta.slot_mapping.new_tensor(positions),
+            self.kv_caches,
+            meta,
+        )
+
+        sample_rows, sample_ids, prompt_rows = [], [], {}
+        end = 0
+        for item in items:
+            start, end = end, end + item.num_tokens
+            if item.prompt_logits:
+                prompt_rows[item.request_id] = (item.start_position, start, end)
+            if item.sample:
+                sample_rows.append(end - 1)
+                sample_ids.append(item.request_id)
+        logits = self.model.compute_logits(hidden[sample_rows]).float()
+        prompt_logits = {
+            rid: (pos, self.model.compute_logits(hidden[s:e]).float())
+            for rid, (pos, s, e) in prompt_rows.items()
+        }
+        return RunnerOutput(sample_ids=sample_ids, logits=logits, prompt_logits=prompt_logits)
