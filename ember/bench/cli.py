@@ -1,0 +1,44 @@
+"""`ember bench ...` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks (results side by side in one run)")
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+    offline = kinds.add_parser("offline", help="Ember vs transformers.generate on one checkpoint")
+    offline.add_argument("--model", default=None, help="checkpoint (default: a random ~46M Llama)")
+    offline.add_argument("--dtype", default="bfloat16")
+    offline.add_argument("--num-prompts", type=int, default=64)
+    offline.add_argument("--min-prompt-len", type=int, default=32)
+    offline.add_argument("--max-prompt-len", type=int, default=384)
+    offline.add_argument("--output-len", type=int, default=128)
+    offline.add_argument("--batch1-prompt-len", type=int, default=64)
+    offline.add_argument("--seed", type=int, default=0)
+    offline.add_argument("--out", default="bench_out/offline.json", help="JSON results file")
+    offline.set_defaults(func=run_offline)
+
+
+def run_offline(args: argparse.Namespace) -> int:
+    from ember.bench.offline import OfflineBenchConfig, run_offline_bench
+    from ember.bench.report import machine_info, markdown_table, write_json
+
+    cfg = OfflineBenchConfig(
+        model=args.model,
+        dtype=args.dtype,
+        num_prompts=args.num_prompts,
+        min_prompt_len=args.min_prompt_len,
+        max_prompt_len=args.max_prompt_len,
+        output_len=args.output_len,
+        batch1_prompt_len=args.batch1_prompt_len,
+        seed=args.seed,
+    )
+    payload = run_offline_bench(cfg)
+    payload["machine"] = machine_info()
+    columns = ["workload", "prompts", "new tokens each", "ember tok/s", "hf tok/s", "speedup", "greedy agreement"]
+    print(markdown_table(payload["results"], columns))
+    print(f"results: {write_json(Path(args.out), payload)}")
+    return 0

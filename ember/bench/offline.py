@@ -1,0 +1,139 @@
+"""`ember bench offline`: Ember against `transformers.generate` on the same checkpoint,
+dtype and machine, side by side in one run.
+
+(a) throughput: many prompts of mixed lengths, a fixed number of new tokens each; HF gets
+    them as one left-padded batch, as a user would write it.
+(b) batch-1 decode: one prompt, tokens per second of the whole generate call.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ember.errors import InvalidInputError
+
+# ~46M parameters: the Llama shape of the target in the engine issue.
+BENCH_LLAMA = dict(
+    vocab_size=8192,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfflineBenchConfig:
+    model: str | None = None  # a checkpoint; None writes a random-weight BENCH_LLAMA
+    dtype: str = "bfloat16"
+    num_prompts: int = 64
+    min_prompt_len: int = 32
+    max_prompt_len: int = 384
+    output_len: int = 128
+    batch1_prompt_len: int = 64
+    seed: int = 0
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise InvalidInputError(f"--dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def write_bench_checkpoint(path: Path, seed: int = 0) -> Path:
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**BENCH_LLAMA))
+    model.save_pretrained(path)
+    return path
+
+
+def make_prompts(cfg: OfflineBenchConfig, vocab_size: int) -> list[list[int]]:
+    rng = random.Random(cfg.seed)
+    return [
+        [rng.randrange(3, vocab_size) for _ in range(rng.randint(cfg.min_prompt_len, cfg.max_prompt_len))]
+        for _ in range(cfg.num_prompts)
+    ]
+
+
+def run_ember(path: str, dtype: str, prompts: list[list[int]], output_len: int) -> tuple[float, list[list[int]]]:
+    from ember import LLM, SamplingParams
+
+    llm = LLM(path, dtype=dtype)
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    llm.generate({"prompt_token_ids": prompts[0][:8]}, SamplingParams(max_tokens=4, ignore_eos=True))
+    start = time.perf_counter()
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    elapsed = time.perf_counter() - start
+    return elapsed, [o.outputs[0].token_ids for o in outputs]
+
+
+def run_hf(path: str, dtype: str, prompts: list[list[int]], output_len: int) -> tuple[float, list[list[int]]]:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype)).eval()
+    width = max(len(p) for p in prompts)
+    input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding, as decoder-only generation requires
+        input_ids[i, width - len(p) :] = torch.tensor(p)
+        attention_mask[i, width - len(p) :] = 1
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        model.generate(input_ids[:1, -8:], max_new_tokens=4, min_new_tokens=4, **kwargs)
+        start = time.perf_counter()
+        out = model.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs
+        )
+        elapsed = time.perf_counter() - start
+    return elapsed, out[:, width:].tolist()
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of new tokens equal up to each sequence's first disagreement (bf16 rounding
+    differs between implementations, after which greedy paths may diverge)."""
+    same = total = 0
+    for x, y in zip(a, b):
+        n = 0
+        while n < min(len(x), len(y)) and x[n] == y[n]:
+            n += 1
+        same, total = same + n, total + len(x)
+    return same / max(total, 1)
+
+
+def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
+    _torch_dtype(cfg.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = cfg.model or str(write_bench_checkpoint(Path(tmp) / "bench-llama", cfg.seed))
+        import json
+
+        vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
+        prompts = make_prompts(cfg, vocab)
+        results = []
+        for name, workload in (
+            ("throughput", prompts),
+            ("batch-1 decode", [prompts[0][: cfg.batch1_prompt_len]]),
+        ):
+            row = {"workload": name, "prompts": len(workload), "new tokens each": cfg.output_len}
+            for system, runner in (("ember", run_ember), ("hf", run_hf)):
+                log(f"[bench offline] {name}: {system} ...")
+                elapsed, tokens = runner(path, cfg.dtype, workload, cfg.output_len)
+                row[f"{system} s"] = elapsed
+                row[f"{system} tok/s"] = sum(len(t) for t in tokens) / elapsed
+                row[f"_{system}_tokens"] = tokens
+            row["speedup"] = row["ember tok/s"] / row["hf tok/s"]
+            row["greedy agreement"] = agreement(row.pop("_ember_tokens"), row.pop("_hf_tokens"))
+            log(f"[bench offline] {name}: ember {row['ember tok/s']:.1f} tok/s, hf {row['hf tok/s']:.1f} tok/s, {row['speedup']:.2f}x")
+            results.append(row)
+    return {"config": cfg.__dict__, "results": results}

@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def debug_llama(tmp_path_factory) -> Path:
+    from ember.zoo.debug import make_debug_checkpoint
+
+    return make_debug_checkpoint(tmp_path_factory.mktemp("debug-llama"), arch="llama")
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory):
+    """variant -> checkpoint path, written once per session on first use."""
+    from checkpoints import write_hf_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in cache:
+            cache[variant] = write_hf_checkpoint(tmp_path_factory.mktemp(variant), variant)
+        return cache[variant]
+
+    return get

@@ -1,0 +1,69 @@
+"""Ember against `transformers` on every supported architecture variant."""
+
+import pytest
+import torch
+
+from checkpoints import VARIANTS, load_hf
+from engine_util import greedy, random_prompts, run_checked
+from ember.engine.batch import Batch, ScheduledRequest
+from ember.engine.llm import LLM
+
+NUM_NEW = 32
+
+
+def hf_greedy(model, prompt: list[int], num_new: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(num_new):
+            next_id = model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    return ids[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_greedy_tokens_match_transformers_in_a_mixed_batch(variant, hf_checkpoints):
+    path = hf_checkpoints(variant)
+    hf = load_hf(path)
+    prompts = random_prompts(8, vocab=512, min_len=2, max_len=40, seed=1)
+    llm = LLM(str(path), dtype="float32", block_size=4, max_num_batched_tokens=64)
+    outputs = run_checked(llm, prompts, greedy(NUM_NEW))
+    for prompt, output in zip(prompts, outputs):
+        assert output.outputs[0].token_ids == hf_greedy(hf, prompt, NUM_NEW)
+        assert output.outputs[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_prompt_logits_match_transformers_in_two_chunks(variant, hf_checkpoints):
+    """8 prompts of different lengths in one step, then their second halves in a second
+    step that reads the first halves back from the paged cache."""
+    path = hf_checkpoints(variant)
+    hf = load_hf(path)
+    llm = LLM(str(path), dtype="float32", block_size=4)
+    engine = llm.engine
+    prompts = random_prompts(8, vocab=512, min_len=3, max_len=48, seed=2)
+    blocks = {i: engine.kv_cache.pool.allocate(-(-len(p) // 4)) for i, p in enumerate(prompts)}
+    splits = [len(p) // 2 + 1 for p in prompts]
+
+    def step(first: bool):
+        items = [
+            ScheduledRequest(
+                request_id=str(i),
+                token_ids=p[: splits[i]] if first else p[splits[i] :],
+                start_position=0 if first else splits[i],
+                block_ids=blocks[i],
+                sample=not first,
+                prompt_logits=True,
+            )
+            for i, p in enumerate(prompts)
+            if first or splits[i] < len(p)
+        ]
+        return engine.runner.run(Batch(items)).prompt_logits
+
+    first, second = step(True), step(False)
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            expected = hf(torch.tensor([prompt])).logits[0]
+        got = first[str(i)][1]
+        if str(i) in second:
+            got = torch.cat([got, second[str(i)][1]])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
