@@ -205,7 +205,7 @@ def test_empirical_distribution_after_top_p_is_renormalised():
     assert chi_square_p(samples, torch.tensor([1 / 3, 1 / 3, 1 / 3])) < 1e-6
 
 
-def test_draw_ignores_zero_probability_even_with_zero_noise():
+def test_draw_never_picks_zero_probability_tokens():
     probs = torch.tensor([[0.0, 1.0, 0.0]])
     generators = [make_generator(0)]
     assert all(draw(probs, generators).item() == 1 for _ in range(200))
