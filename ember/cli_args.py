@@ -33,9 +33,9 @@ def add_engine_args(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
             group.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict:
+def engine_kwargs(args: argparse.Namespace, *, skip: tuple[str, ...] = ("model",)) -> dict:
     return {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(EngineConfig)
-        if f.name != "model" and hasattr(args, f.name)
+        if f.name not in skip and hasattr(args, f.name)
     }

@@ -8,6 +8,9 @@ import sys
 from ember.cli_args import add_engine_args, engine_kwargs
 from ember.errors import InvalidInputError
 
+# NOTE: --seed here seeds the request; the engine's default seed keeps its default.
+_NOT_ENGINE_FLAGS = ("model", "seed")
+
 
 def register(subparsers) -> None:
     gen = subparsers.add_parser("generate", help="generate a continuation of a prompt")
@@ -31,7 +34,7 @@ def register(subparsers) -> None:
     s.add_argument("--ignore-eos", action="store_true")
     s.add_argument("-n", "--n", type=int, default=1, help="completions per prompt")
     s.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    add_engine_args(gen)
+    add_engine_args(gen, skip=_NOT_ENGINE_FLAGS)
     gen.set_defaults(func=run_generate)
 
     models = subparsers.add_parser("models", help="list the built-in models")
@@ -76,7 +79,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stop_token_ids=_int_list(args.stop_token_ids, "--stop-token-ids"),
         ignore_eos=args.ignore_eos,
     )
-    llm = LLM(args.model, **engine_kwargs(args))
+    llm = LLM(args.model, **engine_kwargs(args, skip=_NOT_ENGINE_FLAGS))
     if args.chat:
         if llm.tokenizer is None or token_ids is not None:
             raise InvalidInputError("--chat needs a text PROMPT and a model with a tokenizer")

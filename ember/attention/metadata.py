@@ -80,7 +80,8 @@ def build_attention_metadata(
     slot_mapping = table[req_of_token, storage // block_size] * block_size + storage % block_size
 
     decode = [i for i in range(num_reqs) if query_lens[i] == 1 and not _has_tree(tree_masks, i)]
-    rest = [i for i in range(num_reqs) if i not in set(decode)]
+    decode_set = set(decode)
+    rest = [i for i in range(num_reqs) if i not in decode_set]
     groups = tuple(
         _build_group(
             idx, starts, query_lens, kv_lens, table, positions, block_size, tree_masks, device
@@ -121,6 +122,9 @@ def _build_group(
     sub_table = table[torch.as_tensor(idx, device=device)]
     block_col = torch.clamp(k_storage // block_size, max=sub_table.shape[1] - 1)
     key_slots = sub_table.gather(1, block_col) * block_size + k_storage % block_size
+    # NOTE: padding keys read the request's first key, never a slot of unknown content:
+    # masked keys still meet V in the matmul, and 0 * NaN = NaN.
+    key_slots = torch.where(key_valid, key_slots, key_slots[:, :1])
     key_pos = k_storage.clone()
 
     tree_cols = []

@@ -33,8 +33,8 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         loaded = load_model(resolve_model(config.model), dtype=config.dtype, device=config.device)
-        self.model = loaded.model
-        self.arch = loaded.arch
+        self.model = loaded.module
+        self.arch = loaded.config
         self.tokenizer = loaded.tokenizer
         self.generation_config = loaded.generation_config
         self.device = torch.device(config.device)
@@ -67,7 +67,7 @@ class LLMEngine:
             device=self.device,
         )
         self.sampler = Sampler()
-        self.eos_token_ids = self._eos_token_ids()
+        self.eos_token_ids = frozenset(loaded.eos_token_ids)
         self._groups: dict[str, RequestGroup] = {}
         self._sequences: dict[str, tuple[RequestGroup, SequenceState]] = {}
         self._seed_rng = torch.Generator().manual_seed(config.seed)
@@ -164,6 +164,8 @@ class LLMEngine:
             stop = seq.add_token(token_of[request.request_id], logprobs_of[request.request_id])
             if stop is not None and not request.is_finished:
                 self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED, stop_reason=stop)
+            if request.is_finished:
+                seq.finish()
             touched[group.request_id] = group
         outputs = []
         for group in touched.values():
@@ -259,14 +261,3 @@ class LLMEngine:
                 param="kv_cache_memory_gb",
             )
         return num_blocks
-
-    def _eos_token_ids(self) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (self.generation_config.get("eos_token_id"), self.arch.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif isinstance(source, (list, tuple)):
-                ids.update(int(t) for t in source)
-        if self.tokenizer is not None:
-            ids.update(self.tokenizer.eos_token_ids)
-        return frozenset(ids)

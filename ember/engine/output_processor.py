@@ -34,6 +34,11 @@ class SequenceState:
         self.text += self.detokenizer.add(token_id)
         return self._match_stop_string(previous_len)
 
+    def finish(self) -> None:
+        """Emit text held back for an unfinished multi-byte character."""
+        if self.detokenizer is not None and self.stopped_by_string is None:
+            self.text += self.detokenizer.flush()
+
     def _match_stop_string(self, previous_len: int) -> str | None:
         params = self.request.sampling_params
         best: tuple[int, str] | None = None
