@@ -1,0 +1,243 @@
+"""The control plane's decisions, apart from how they are carried out.
+
+An executor (the simulator, later a Ray cluster) reports a `ClusterView` whenever instances come,
+get a preemption notice or go, or the target rate changes; the controller answers with a typed
+`Reconfiguration` (or None: keep going). Four policies share the interface:
+
+- `spotserve`: optimizer picks a new configuration; KM device mapping; migration of weights and
+  KV between GPUs; in-flight batches decode until just before the migration must start and resume
+  at their next token (or recompute their committed tokens when the KV cannot move in time).
+- `reparallelize`: optimizer picks a new configuration; every engine restarts and reloads its
+  weights from storage; in-flight requests restart from scratch.
+- `reroute`: (tp, pp) fixed at the start; replicas that lose a GPU stop (requests restart
+  elsewhere), whole new replicas load from storage onto free GPUs.
+- `ondemand`: a fixed on-demand fleet sized for the rate; never preempted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+from ember.spot.config import Device, ParallelConfig, Position
+from ember.spot.hardware import InstanceSpec
+from ember.spot.migration import MigrationPlan, MigrationPlanner
+from ember.spot.optimizer import ParallelOptimizer
+from ember.spot.placement import match_devices, rank_order_placement
+from ember.spot.recovery import RecoveryMode, choose_recovery
+
+Policy = Literal["spotserve", "reparallelize", "reroute", "ondemand"]
+POLICIES: tuple[Policy, ...] = ("spotserve", "reparallelize", "reroute", "ondemand")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterView:
+    """What the executor knows at `now_s`. Instances in arrival order; `dying` maps an instance
+    to its deadline; `inflight_tokens[replica]` is the KV (tokens) of its running batch and
+    `progress[replica]` its committed tokens."""
+
+    now_s: float
+    instances: tuple[str, ...]
+    dying: Mapping[str, float] = field(default_factory=dict)
+    inflight_tokens: Mapping[int, int] = field(default_factory=dict)
+    progress: Mapping[int, int] = field(default_factory=dict)
+    required_rate: float = 0.0
+    is_initial: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconfiguration:
+    """Old replicas in `stop_replicas` decode until `stop_by`, then stop; their batches survive
+    as `mode` says. New replica `r` continues old replica `replica_map[r]` (if that one does not
+    stop) or inherits its interrupted batch (migrate_kv), and serves from `ready_at[r]`."""
+
+    time_s: float
+    policy: Policy
+    new_config: ParallelConfig | None
+    placement: Mapping[Device, Position]
+    stop_replicas: frozenset[int]
+    stop_by: float
+    mode: RecoveryMode
+    replica_map: Mapping[int, int | None]
+    ready_at: Mapping[int, float]
+    migration: MigrationPlan | None = None
+    ondemand_instances: tuple[str, ...] = ()
+    blocks_until: float = 0.0  # the executor holds further decisions until then
+
+
+class SpotController:
+    """One controller for all four policies (they differ in a few decisions, noted inline)."""
+
+    def __init__(self, *, policy: Policy, optimizer: ParallelOptimizer, planner: MigrationPlanner,
+                 instance: InstanceSpec, max_ondemand: int = 0, drain_s: float = 0.5) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"SpotController.policy must be one of {POLICIES}, got {policy!r}")
+        self.policy = policy
+        self.optimizer = optimizer
+        self.planner = planner
+        self.instance = instance
+        self.max_ondemand = max_ondemand
+        self.drain_s = drain_s  # SpotServe's baselines stop 0.5 s before the deadline
+        self.config: ParallelConfig | None = None
+        self.placement: dict[Device, Position] = {}
+        self.shape: tuple[int, int] | None = None  # reroute: fixed (tp, pp)
+        self.ondemand: tuple[str, ...] = ()
+        self._next_od = 0
+
+    def devices(self, instances: list[str]) -> dict[str, list[Device]]:
+        return {iid: [Device(iid, k) for k in range(self.instance.gpus_per_instance)] for iid in instances}
+
+    def _ondemand_ids(self, k: int) -> tuple[str, ...]:
+        while len(self.ondemand) < k:
+            self.ondemand += (f"od{self._next_od}",)
+            self._next_od += 1
+        return self.ondemand[:k]
+
+    def decide(self, view: ClusterView) -> Reconfiguration | None:
+        """React to a change; None if the current deployment stays as it is."""
+        spot = [i for i in view.instances if i not in view.dying and i not in self.ondemand]
+        if self.policy == "reroute":
+            return self._reroute(view, spot)
+        choice = self.optimizer.choose_with_ondemand(len(spot), view.required_rate, max_ondemand=self.max_ondemand)
+        self.ondemand = self._ondemand_ids(choice.num_ondemand)
+        usable = spot + list(self.ondemand)
+        cand = choice.candidate
+        new = None if cand is None else cand.config
+        if new == self.config and all(d.instance_id in usable for d in self.placement):
+            return None
+        if self.policy == "spotserve":
+            return self._spotserve(view, usable, new)
+        return self._restart(view, usable, new)
+
+    # -- spotserve ---------------------------------------------------------------------------
+    def _spotserve(self, view: ClusterView, usable: list[str], new: ParallelConfig | None) -> Reconfiguration:
+        now, old, old_place = view.now_s, self.config, self.placement
+        lost = frozenset(d.instance_id for d in old_place if d.instance_id not in view.instances)
+        dying = frozenset(d.instance_id for d in old_place if d.instance_id in view.dying)
+        deadline = min((view.dying[i] for i in dying), default=None)
+        old_replicas = frozenset(p.replica for p in old_place.values())
+        if new is None:
+            return self._commit(view, None, {}, old_replicas, deadline if deadline is not None else now,
+                                "recompute", {}, {}, None, blocks_until=now)
+        if (old is not None and old.shape == new.shape and new.dp > old.dp and not dying and not lost
+                and self._free_slots(usable, new) >= (new.dp - old.dp) * new.pp * new.tp // min(new.tp, self.instance.gpus_per_instance)):
+            # Only data parallelism grows: old replicas keep serving, new ones get weights (SpotServe dont_stop_ft).
+            free = {i: [d for d in devs if d not in old_place] for i, devs in self.devices(usable).items()}
+            extra = ParallelConfig(dp=new.dp - old.dp, tp=new.tp, pp=new.pp, batch_size=new.batch_size,
+                                   prefill_micro=new.prefill_micro, decode_micro=new.decode_micro)
+            added = rank_order_placement(free, extra, self.instance.gpus_per_instance)
+            placement = dict(old_place)
+            placement.update({d: p._replace(replica=p.replica + old.dp) for d, p in added.items()})
+            plan = self.planner.plan(old_config=old, old_placement=old_place, new_config=new, new_placement=placement,
+                                     kv_tokens={}, replica_map={})
+            ready = {r: (now if r < old.dp else now + plan.est_params_s) for r in range(new.dp)}
+            return self._commit(view, new, placement, frozenset(), now, "migrate_kv",
+                                {r: r for r in range(old.dp)}, ready, plan, blocks_until=now)
+        ranked = sorted((r for r, tok in view.inflight_tokens.items() if tok > 0),
+                        key=lambda r: (-view.progress.get(r, 0), r))[:new.dp]
+        replica_map: dict[int, int | None] = {i: r for i, r in enumerate(sorted(ranked))}
+        kv = {r: view.inflight_tokens[r] for r in ranked}
+        placement, plan = self._map_and_plan(view, usable, new, kv, replica_map, dying, lost)
+        choice = choose_recovery(now=now, deadline=deadline, est_with_kv_s=plan.est_s,
+                                 est_params_s=plan.est_params_s, can_migrate_kv=bool(plan.kv_replicas))
+        if choice.mode != "migrate_kv" or not choice.use_dying_sources:
+            gone = lost if choice.use_dying_sources else lost | dying
+            placement, plan = self._map_and_plan(view, usable, new, {}, replica_map, dying, gone)
+        ready_s = max(now, choice.stop_by) + plan.est_s
+        if view.is_initial:
+            ready_s = now
+        ready = {r: ready_s for r in range(new.dp)}
+        return self._commit(view, new, placement, old_replicas, choice.stop_by, choice.mode, replica_map, ready,
+                            plan, blocks_until=ready_s)
+
+    def _free_slots(self, usable: list[str], config: ParallelConfig) -> int:
+        c = min(config.tp, self.instance.gpus_per_instance)
+        return sum(len([d for d in devs if d not in self.placement]) // c for devs in self.devices(usable).values())
+
+    def _map_and_plan(self, view, usable, new, kv, replica_map, dying, lost):
+        old, old_place = self.config, self.placement
+        devs = self.devices(usable)
+        if old is None:
+            placement = rank_order_placement(devs, new, self.instance.gpus_per_instance)
+        else:
+            def weight_fn(d: Device, pos: Position) -> float:
+                return self.planner.reusable_bytes(old_place[d], old, pos, new, kv_tokens=kv, replica_map=replica_map)
+
+            placement = match_devices(devs, new, self.instance.gpus_per_instance, weight_fn,
+                                      has_state=lambda d: d in old_place and d.instance_id not in lost)
+        plan = self.planner.plan(old_config=old, old_placement=old_place, new_config=new, new_placement=placement,
+                                 kv_tokens=kv, replica_map=replica_map, dying_instances=dying, lost_instances=lost)
+        return placement, plan
+
+    # -- reparallelize (and the initial deployment of ondemand) -------------------------------
+    def _restart(self, view: ClusterView, usable: list[str], new: ParallelConfig | None) -> Reconfiguration:
+        now = view.now_s
+        deadline = min((view.dying[d.instance_id] for d in self.placement if d.instance_id in view.dying), default=None)
+        stop_by = now if deadline is None else max(now, deadline - self.drain_s)
+        old_replicas = frozenset(p.replica for p in self.placement.values())
+        if new is None:
+            return self._commit(view, None, {}, old_replicas, stop_by, "restart", {}, {}, None, blocks_until=stop_by)
+        placement = rank_order_placement(self.devices(usable), new, self.instance.gpus_per_instance)
+        plan = self.planner.plan(old_config=None, old_placement={}, new_config=new, new_placement=placement,
+                                 kv_tokens={}, replica_map={})
+        ready_s = now if view.is_initial else stop_by + plan.est_s + self.instance.restart_overhead_s
+        ready = {r: ready_s for r in range(new.dp)}
+        return self._commit(view, new, placement, old_replicas, stop_by, "restart", {}, ready, plan,
+                            blocks_until=ready_s)
+
+    # -- reroute -----------------------------------------------------------------------------
+    def _reroute(self, view: ClusterView, spot: list[str]) -> Reconfiguration | None:
+        now, g = view.now_s, self.instance.gpus_per_instance
+        if self.shape is None:
+            cand = self.optimizer.choose(len(spot) * g, view.required_rate)
+            if cand is None:
+                return None
+            self.shape = cand.config.shape
+        tp, pp = self.shape
+        old_place = self.placement
+        by_replica: dict[int, list[Device]] = {}
+        for d, p in old_place.items():
+            by_replica.setdefault(p.replica, []).append(d)
+        broken = {r for r, devs in by_replica.items() if any(d.instance_id not in spot for d in devs)}
+        deadline = min((view.dying[d.instance_id] for r in broken for d in by_replica[r]
+                        if d.instance_id in view.dying), default=None)
+        stop_by = now if deadline is None else max(now, deadline - self.drain_s)
+        kept = sorted(r for r in by_replica if r not in broken)
+        used = {d for r in kept for d in by_replica[r]}
+        free = {i: [d for d in devs if d not in used] for i, devs in self.devices(spot).items()}
+        slots_free = sum(len(v) // min(tp, g) for v in free.values())
+        num_new = slots_free // (tp * pp // min(tp, g))
+        if not broken and num_new == 0:
+            return None
+        cand = self.optimizer.choose((len(kept) + num_new) * tp * pp, view.required_rate, shape=self.shape)
+        if cand is None:
+            new = None
+        else:
+            new = ParallelConfig(dp=len(kept) + num_new, tp=tp, pp=pp, batch_size=cand.config.batch_size,
+                                 prefill_micro=cand.config.prefill_micro, decode_micro=cand.config.decode_micro)
+        placement: dict[Device, Position] = {}
+        replica_map: dict[int, int | None] = {}
+        for i, r in enumerate(kept):
+            replica_map[i] = r
+            placement.update({d: old_place[d]._replace(replica=i) for d in by_replica[r]})
+        plan = None
+        ready = {i: now for i in range(len(kept))}
+        if num_new and new is not None:
+            extra = ParallelConfig(dp=num_new, tp=tp, pp=pp, batch_size=new.batch_size)
+            added = rank_order_placement(free, extra, g)
+            placement.update({d: p._replace(replica=p.replica + len(kept)) for d, p in added.items()})
+            plan = self.planner.plan(old_config=None, old_placement={}, new_config=extra, new_placement=added,
+                                     kv_tokens={}, replica_map={})
+            reuses_stopping = any(d.instance_id in spot and d in old_place for d in added)
+            start = stop_by if reuses_stopping else now
+            ready.update({len(kept) + k: (now if view.is_initial else start + plan.est_s + self.instance.restart_overhead_s)
+                          for k in range(num_new)})
+        return self._commit(view, new if placement else None, placement, frozenset(broken), stop_by, "restart",
+                            replica_map, ready, plan, blocks_until=stop_by)
+
+    def _commit(self, view, new, placement, stop, stop_by, mode, replica_map, ready, plan, *, blocks_until):
+        self.config, self.placement = new, dict(placement)
+        return Reconfiguration(time_s=view.now_s, policy=self.policy, new_config=new, placement=dict(placement),
+                               stop_replicas=stop, stop_by=stop_by, mode=mode, replica_map=dict(replica_map),
+                               ready_at=dict(ready), migration=plan, ondemand_instances=tuple(self.ondemand),
+                               blocks_until=blocks_until)
