@@ -37,6 +37,9 @@ class EngineConfig:
     enable_prefix_caching: bool = field(
         default=True, metadata={"help": "reuse KV of shared prompt prefixes"}
     )
+    attention_backend: str = field(
+        default="paged", metadata={"help": "paged (fast) | reference (the torch oracle)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for requests without their own"})
 
     def __post_init__(self) -> None:
@@ -61,6 +64,13 @@ class EngineConfig:
             "max_num_batched_tokens",
             self.max_num_batched_tokens,
             "must be >= 1",
+        )
+
+        _require(
+            self.attention_backend in ("paged", "reference"),
+            "attention_backend",
+            self.attention_backend,
+            "must be 'paged' or 'reference'",
         )
 
     @classmethod

@@ -65,6 +65,7 @@ class LLMEngine:
             block_size=config.block_size,
             dtype=dtype,
             device=self.device,
+            attention_backend=config.attention_backend,
         )
         self.sampler = Sampler()
         self.eos_token_ids = frozenset(loaded.eos_token_ids)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.attention import build_attention_metadata
+from ember.attention import allocate_kv_cache, build_attention_metadata
 from ember.engine.batch import Batch
 from ember.models.config import ModelArchConfig
 
@@ -35,17 +35,22 @@ class ModelRunner:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        attention_backend: str = "paged",
     ) -> None:
         self.model = model
         self.arch = arch
         self.block_size = block_size
         self.device = device
-        shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
-        # NOTE: zeros, not empty: masked keys still meet V in the matmul (0 * NaN = NaN).
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(arch.num_layers)
-        ]
+        self.attention_backend = attention_backend
+        self.kv_caches = allocate_kv_cache(
+            num_layers=arch.num_layers,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            num_kv_heads=arch.num_kv_heads,
+            head_dim=arch.head_dim,
+            dtype=dtype,
+            device=device,
+        )
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> RunnerOutput:
@@ -62,6 +67,7 @@ class ModelRunner:
             block_tables=[r.block_ids for r in items],
             block_size=self.block_size,
             device=self.device,
+            backend=self.attention_backend,
         )
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),

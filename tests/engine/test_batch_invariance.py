@@ -5,13 +5,13 @@ import pytest
 from engine_util import greedy, random_prompts, run_checked
 from ember.engine.llm import LLM
 
-PROMPTS = random_prompts(8, vocab=512, min_len=3, max_len=60, seed=3)
+PROMPTS = random_prompts(8, vocab=300, min_len=3, max_len=60, seed=3)
 NUM_NEW = 24
 
 
 @pytest.fixture(scope="module")
 def path(hf_checkpoints):
-    return str(hf_checkpoints("llama-gqa"))
+    return str(hf_checkpoints("llama_gqa"))
 
 
 @pytest.fixture(scope="module")

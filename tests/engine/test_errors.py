@@ -12,7 +12,7 @@ from ember.sampling_params import SamplingParams
 
 @pytest.fixture(scope="module")
 def llm(hf_checkpoints):
-    return LLM(str(hf_checkpoints("llama-gqa")), dtype="float32", max_model_len=64)
+    return LLM(str(hf_checkpoints("llama_gqa")), dtype="float32", max_model_len=64)
 
 
 def test_missing_checkpoint(tmp_path):
@@ -22,7 +22,7 @@ def test_missing_checkpoint(tmp_path):
 
 def test_unknown_engine_option(hf_checkpoints):
     with pytest.raises(InvalidInputError, match="max_num_seq"):
-        LLM(str(hf_checkpoints("llama-gqa")), max_num_seq=4)
+        LLM(str(hf_checkpoints("llama_gqa")), max_num_seq=4)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_unknown_engine_option(hf_checkpoints):
 )
 def test_invalid_engine_values(hf_checkpoints, kwargs, field):
     with pytest.raises(InvalidInputError, match=field):
-        LLM(str(hf_checkpoints("llama-gqa")), **kwargs)
+        LLM(str(hf_checkpoints("llama_gqa")), **kwargs)
 
 
 def test_prompt_longer_than_context(llm):

@@ -1,0 +1,62 @@
+"""The physical KV cache of one layer.
+
+Layout ``[num_kv_heads, num_blocks, block_size, head_dim]`` (head-major): gathering a
+request's blocks along dim 1 yields, for every (request, head), one contiguous
+``[num_keys, head_dim]`` slab that a batched matmul reads in place, with no transpose copy."""
+
+from __future__ import annotations
+
+import torch
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # K and V
+
+
+def allocate_kv_cache(
+    *,
+    num_layers: int,
+    num_blocks: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> list[KVCache]:
+    shape = (num_kv_heads, num_blocks, block_size, head_dim)
+    # NOTE: zeros, not empty: a padding key still meets V in the matmul (0 * NaN = NaN).
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(num_layers)
+    ]
+
+
+def write_kv(kv_cache: KVCache, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store this step's ``k``/``v`` (``[T, H_kv, D]``) at their slots."""
+    for cache, new in zip(kv_cache, (k, v)):
+        heads, _, _, dim = cache.shape
+        cache.view(heads, -1, dim).index_copy_(1, slot_mapping, new.transpose(0, 1).to(cache.dtype))
+
+
+def head_block_index(block_ids: torch.Tensor, num_kv_heads: int, num_blocks: int) -> torch.Tensor:
+    """Rows of the cache viewed as ``[H_kv * num_blocks, block_size * D]`` that hold
+    ``block_ids`` for every head, head-major: ``[H_kv * block_ids.numel()]``."""
+    heads = torch.arange(num_kv_heads, device=block_ids.device)[:, None] * num_blocks
+    return (heads + block_ids.reshape(1, -1)).reshape(-1)
+
+
+def gather_blocks(
+    cache: torch.Tensor, block_ids: torch.Tensor, *, rows: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``block_ids`` ``[..., n]`` -> ``[H_kv, ..., n * block_size, D]``.
+
+    NOTE: a dim-0 index_select over whole blocks is a run of contiguous copies, several
+    times faster on CPU than indexing dim 1; ``rows`` (from ``head_block_index``) and
+    ``out`` (a reusable buffer) let a step compute the index once for all layers."""
+    heads, num_blocks, block_size, dim = cache.shape
+    if rows is None:
+        rows = head_block_index(block_ids, heads, num_blocks)
+    flat = cache.view(heads * num_blocks, block_size * dim)
+    if out is not None:
+        gathered = torch.index_select(flat, 0, rows, out=out.view(rows.shape[0], block_size * dim))
+    else:
+        gathered = flat.index_select(0, rows)
+    return gathered.view(heads, *block_ids.shape[:-1], block_ids.shape[-1] * block_size, dim)

@@ -1,0 +1,57 @@
+"""The fast attention path over the paged cache (pure torch, any device).
+
+Decodes: one batched matmul over every decoding request's gathered blocks, query heads
+grouped under their KV head (no GQA repeat), masked softmax in fp32.
+Others (prefill chunks, hole recomputation, trees): one SDPA call per request with its
+precomputed visibility mask, so a long chunk never pads the rest of the batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ember.attention.kv_cache import KVCache, gather_blocks, head_block_index
+from ember.attention.metadata import AttentionMetadata
+
+
+def paged_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """``q`` ``[T, H_q, D]`` over the (already written) cache -> ``[T, H_q, D]``."""
+    k_cache, v_cache = kv_cache
+    out = torch.empty_like(q)
+    if meta.decode is not None:
+        out[meta.decode.query_rows] = _decode(q[meta.decode.query_rows], k_cache, v_cache, meta, scale)
+    for span in meta.prefill_spans:
+        keys = gather_blocks(k_cache, span.block_ids)[:, : span.kv_len]  # [H_kv, L, D]
+        values = gather_blocks(v_cache, span.block_ids)[:, : span.kv_len]
+        queries = q[span.query_start : span.query_end].transpose(0, 1)  # [H_q, Q, D]
+        o = F.scaled_dot_product_attention(
+            queries[None],
+            keys[None].to(q.dtype),
+            values[None].to(q.dtype),
+            attn_mask=span.mask[None, None],
+            scale=scale,
+            enable_gqa=queries.shape[0] != keys.shape[0],
+        )
+        out[span.query_start : span.query_end] = o[0].transpose(0, 1)
+    return out
+
+
+def _decode(q: torch.Tensor, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    decode = meta.decode
+    num_reqs, num_heads, head_dim = q.shape
+    num_kv_heads, num_blocks = k_cache.shape[:2]
+    if decode.workspace.get("rows") is None:
+        # NOTE: computed by the first layer, reused by the rest (same tables, same shapes).
+        rows = head_block_index(decode.block_table, num_kv_heads, num_blocks)
+        decode.workspace["rows"] = rows
+        decode.workspace["k"] = k_cache.new_empty(rows.shape[0], k_cache.shape[2] * head_dim)
+        decode.workspace["v"] = v_cache.new_empty(rows.shape[0], v_cache.shape[2] * head_dim)
+    ws = decode.workspace
+    keys = gather_blocks(k_cache, decode.block_table, rows=ws["rows"], out=ws["k"]).to(q.dtype)
+    values = gather_blocks(v_cache, decode.block_table, rows=ws["rows"], out=ws["v"]).to(q.dtype)
+    grouped = q.view(num_reqs, num_kv_heads, num_heads // num_kv_heads, head_dim).transpose(0, 1)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale  # [H_kv, B, G, L]
+    scores.masked_fill_(~decode.key_valid[None, :, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    out = torch.matmul(probs, values)  # [H_kv, B, G, D]
+    return out.transpose(0, 1).reshape(num_reqs, num_heads, head_dim)
