@@ -40,6 +40,10 @@ class EngineConfig:
     attention_backend: str = field(
         default="paged", metadata={"help": "paged (fast) | reference (the torch oracle)"}
     )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the decoder layers and the decode attention (slower start, faster steps)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed for requests without their own"})
 
     def __post_init__(self) -> None:

@@ -17,6 +17,9 @@ BACKENDS = {"paged": paged_attention, "reference": reference_attention}
 __all__ = ["AttentionMetadata", "BACKENDS", "KVCache", "allocate_kv_cache", "attend", "build_attention_metadata"]
 
 
+# NOTE: never traced by torch.compile: paged mode loops over the step's requests, whose
+# number changes every step; compiled layers call it as an opaque function.
+@torch.compiler.disable
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,

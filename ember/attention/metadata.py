@@ -59,6 +59,7 @@ class AttentionMetadata:
     decode: DecodeBatch | None  # the single-query requests, batched
     prefill_spans: tuple[RequestSpan, ...]  # the other requests
     backend: str = "paged"  # "paged" (fast) or "reference" (the oracle)
+    compiled: bool = False  # paged decodes through the torch.compile'd fused kernel
 
     @property
     def num_tokens(self) -> int:
@@ -76,6 +77,7 @@ def build_attention_metadata(
     tree_masks: Sequence[torch.Tensor | None] | None = None,
     device: torch.device | str = "cpu",
     backend: str = "paged",
+    compiled: bool = False,
 ) -> AttentionMetadata:
     """Build the step's metadata.
 
@@ -114,6 +116,7 @@ def build_attention_metadata(
         decode=_decode_batch(decodes, block_size, device) if decodes else None,
         prefill_spans=tuple(s for s in spans if s.mask is not None),
         backend=backend,
+        compiled=compiled,
     )
 
 

@@ -19,7 +19,12 @@ def paged_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
     k_cache, v_cache = kv_cache
     out = torch.empty_like(q)
     if meta.decode is not None:
-        out[meta.decode.query_rows] = _decode(q[meta.decode.query_rows], k_cache, v_cache, meta, scale)
+        decode_q = q[meta.decode.query_rows]
+        if meta.compiled:
+            o = _fused_decode_compiled(decode_q, k_cache, v_cache, meta.decode.block_table, meta.decode.key_valid, scale)
+        else:
+            o = _decode(decode_q, k_cache, v_cache, meta, scale)
+        out[meta.decode.query_rows] = o
     for span in meta.prefill_spans:
         keys = gather_blocks(k_cache, span.block_ids)[:, : span.kv_len]  # [H_kv, L, D]
         values = gather_blocks(v_cache, span.block_ids)[:, : span.kv_len]
@@ -55,3 +60,23 @@ def _decode(q: torch.Tensor, k_cache, v_cache, meta: AttentionMetadata, scale: f
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     out = torch.matmul(probs, values)  # [H_kv, B, G, D]
     return out.transpose(0, 1).reshape(num_reqs, num_heads, head_dim)
+
+
+def _fused_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor, key_valid: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The decode attention written as gathers, products and reductions, for inductor to
+    fuse into loops that read K/V straight from their blocks (no gathered copy)."""
+    num_reqs, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[0]
+    keys = k_cache[:, block_table].flatten(2, 3)  # [H_kv, B, L, D]
+    values = v_cache[:, block_table].flatten(2, 3)
+    grouped = q.view(num_reqs, num_kv_heads, num_heads // num_kv_heads, head_dim).transpose(0, 1).float()
+    scores = (grouped[:, :, :, None, :] * keys[:, :, None, :, :].float()).sum(-1) * scale
+    scores = scores.masked_fill(~key_valid[None, :, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = (probs[..., None] * values[:, :, None, :, :].float()).sum(-2)  # [H_kv, B, G, D]
+    return out.to(q.dtype).transpose(0, 1).reshape(num_reqs, num_heads, head_dim)
+
+
+_fused_decode_compiled = torch.compile(_fused_decode, dynamic=True)

@@ -18,6 +18,10 @@ def register(subparsers) -> None:
     offline.add_argument("--output-len", type=int, default=128)
     offline.add_argument("--batch1-prompt-len", type=int, default=64)
     offline.add_argument("--seed", type=int, default=0)
+    offline.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True,
+        help="also run Ember with --compile (torch.compile)",
+    )
     offline.add_argument("--out", default="bench_out/offline.json", help="JSON results file")
     offline.set_defaults(func=run_offline)
 
@@ -35,10 +39,14 @@ def run_offline(args: argparse.Namespace) -> int:
         output_len=args.output_len,
         batch1_prompt_len=args.batch1_prompt_len,
         seed=args.seed,
+        compile=args.compile,
     )
     payload = run_offline_bench(cfg)
     payload["machine"] = machine_info()
-    columns = ["workload", "prompts", "new tokens each", "ember tok/s", "hf tok/s", "speedup", "greedy agreement"]
+    systems = ["ember"] + (["ember-compiled"] if cfg.compile else [])
+    columns = ["workload", "prompts", "new tokens each", "hf tok/s"]
+    for system in systems:
+        columns += [f"{system} tok/s", f"{system} / hf", f"{system} agreement"]
     print(markdown_table(payload["results"], columns))
     print(f"results: {write_json(Path(args.out), payload)}")
     return 0

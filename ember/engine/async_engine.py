@@ -136,6 +136,11 @@ class AsyncLLMEngine:
     def is_running(self) -> bool:
         return self._thread.is_alive() and self.error is None
 
+    @property
+    def num_steps(self) -> int:
+        """Engine steps run so far (live; ``stats`` lags it by up to one step)."""
+        return self._num_steps
+
     async def add_request(
         self,
         request_id: str,

@@ -66,6 +66,7 @@ class LLMEngine:
             dtype=dtype,
             device=self.device,
             attention_backend=config.attention_backend,
+            compile=config.compile,
         )
         self.sampler = Sampler()
         self.eos_token_ids = frozenset(loaded.eos_token_ids)

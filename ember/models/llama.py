@@ -119,6 +119,10 @@ class LlamaForCausalLM(nn.Module):
             h = layer(h, cos, sin, None if kv_caches is None else kv_caches[i], attn_meta)
         return self.model.norm(h)
 
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.model.layers
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., hidden]`` -> fp32 logits ``[..., vocab]``."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

@@ -125,6 +125,10 @@ class OPTForCausalLM(nn.Module):
             h = decoder.project_out(h)
         return h
 
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.model.decoder.layers
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., embed_dim]`` -> fp32 logits ``[..., vocab]``."""
         embed = self.model.decoder.embed_tokens

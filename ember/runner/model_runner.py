@@ -36,12 +36,19 @@ class ModelRunner:
         dtype: torch.dtype,
         device: torch.device,
         attention_backend: str = "paged",
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.arch = arch
         self.block_size = block_size
         self.device = device
         self.attention_backend = attention_backend
+        self.compiled = compile
+        if compile:
+            # Each decoder layer is compiled with dynamic shapes (the step's token count
+            # changes every step); attention stays outside the graphs (see ember.attention).
+            for layer in model.decoder_layers:
+                layer.compile(dynamic=True)
         self.kv_caches = allocate_kv_cache(
             num_layers=arch.num_layers,
             num_blocks=num_blocks,
@@ -68,6 +75,7 @@ class ModelRunner:
             block_size=self.block_size,
             device=self.device,
             backend=self.attention_backend,
+            compiled=self.compiled,
         )
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),

@@ -63,3 +63,8 @@ def test_preemption_and_recompute(path, reference):
     outputs = run_checked(llm, PROMPTS, greedy(NUM_NEW))
     assert tokens(outputs) == reference
     assert llm.engine.scheduler.num_preemptions > 0
+
+
+def test_compiled_engine_matches_eager(path, reference):
+    llm = LLM(path, dtype="float32", compile=True, block_size=4, max_num_batched_tokens=40)
+    assert tokens(run_checked(llm, PROMPTS, greedy(NUM_NEW))) == reference
