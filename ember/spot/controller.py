@@ -5,8 +5,9 @@ get a preemption notice or go, or the target rate changes; the controller answer
 `Reconfiguration` (or None: keep going). Four policies share the interface:
 
 - `spotserve`: optimizer picks a new configuration; KM device mapping; migration of weights and
-  KV between GPUs; in-flight batches decode until just before the migration must start and resume
-  at their next token (or recompute their committed tokens when the KV cannot move in time).
+  KV between GPUs. Replicas the plan leaves untouched serve on; the others' in-flight batches
+  decode until just before the migration must start and resume at their next token (or recompute
+  their committed tokens when the KV cannot move in time).
 - `reparallelize`: optimizer picks a new configuration; every engine restarts and reloads its
   weights from storage; in-flight requests restart from scratch.
 - `reroute`: (tp, pp) fixed at the start; replicas that lose a GPU stop (requests restart
@@ -49,7 +50,8 @@ class ClusterView:
 class Reconfiguration:
     """Old replicas in `stop_replicas` decode until `stop_by`, then stop; their batches survive
     as `mode` says. New replica `r` continues old replica `replica_map[r]` (if that one does not
-    stop) or inherits its interrupted batch (migrate_kv), and serves from `ready_at[r]`."""
+    stop: it never pauses) or inherits its interrupted batch (migrate_kv), and serves from
+    `ready_at[r]` (which may come before `stop_by` for a replica on free GPUs)."""
 
     time_s: float
     policy: Policy
@@ -63,6 +65,13 @@ class Reconfiguration:
     migration: MigrationPlan | None = None
     ondemand_instances: tuple[str, ...] = ()
     blocks_until: float = 0.0  # the executor holds further decisions until then
+
+    @property
+    def resumed_replicas(self) -> frozenset[int]:
+        """Stopping old replicas whose batch resumes on migrated KV in the replica inheriting it."""
+        if self.mode != "migrate_kv" or self.migration is None:
+            return frozenset()
+        return self.migration.kv_replicas & self.stop_replicas
 
 
 class SpotController:
@@ -111,7 +120,7 @@ class SpotController:
 
     # -- spotserve ---------------------------------------------------------------------------
     def _spotserve(self, view: ClusterView, usable: list[str], new: ParallelConfig | None) -> Reconfiguration:
-        now, old, old_place = view.now_s, self.config, self.placement
+        now, old_place = view.now_s, self.placement
         lost = frozenset(d.instance_id for d in old_place if d.instance_id not in view.instances)
         dying = frozenset(d.instance_id for d in old_place if d.instance_id in view.dying)
         deadline = min((view.dying[i] for i in dying), default=None)
@@ -119,55 +128,68 @@ class SpotController:
         if new is None:
             return self._commit(view, None, {}, old_replicas, deadline if deadline is not None else now,
                                 "recompute", {}, {}, None, blocks_until=now)
-        if (old is not None and old.shape == new.shape and new.dp > old.dp and not dying and not lost
-                and self._free_slots(usable, new) >= (new.dp - old.dp) * new.pp * new.tp // min(new.tp, self.instance.gpus_per_instance)):
-            # Only data parallelism grows: old replicas keep serving, new ones get weights (SpotServe dont_stop_ft).
-            free = {i: [d for d in devs if d not in old_place] for i, devs in self.devices(usable).items()}
-            extra = ParallelConfig(dp=new.dp - old.dp, tp=new.tp, pp=new.pp, batch_size=new.batch_size,
-                                   prefill_micro=new.prefill_micro, decode_micro=new.decode_micro)
-            added = rank_order_placement(free, extra, self.instance.gpus_per_instance)
-            placement = dict(old_place)
-            placement.update({d: p._replace(replica=p.replica + old.dp) for d, p in added.items()})
-            plan = self.planner.plan(old_config=old, old_placement=old_place, new_config=new, new_placement=placement,
-                                     kv_tokens={}, replica_map={})
-            ready = {r: (now if r < old.dp else now + plan.est_params_s) for r in range(new.dp)}
-            return self._commit(view, new, placement, frozenset(), now, "migrate_kv",
-                                {r: r for r in range(old.dp)}, ready, plan, blocks_until=now)
+        # Which old batches the new replicas inherit: replicas that keep all their GPUs first (they
+        # can stay in place), then the most progress (the artifact keeps the largest start_step).
+        leaving = lost | dying
+        broken = {p.replica for d, p in old_place.items() if d.instance_id in leaving}
         ranked = sorted((r for r, tok in view.inflight_tokens.items() if tok > 0),
-                        key=lambda r: (-view.progress.get(r, 0), r))[:new.dp]
+                        key=lambda r: (r in broken, -view.progress.get(r, 0), r))[:new.dp]
         replica_map: dict[int, int | None] = {i: r for i, r in enumerate(sorted(ranked))}
         kv = {r: view.inflight_tokens[r] for r in ranked}
-        placement, plan = self._map_and_plan(view, usable, new, kv, replica_map, dying, lost)
-        choice = choose_recovery(now=now, deadline=deadline, est_with_kv_s=plan.est_s,
-                                 est_params_s=plan.est_params_s, can_migrate_kv=bool(plan.kv_replicas))
-        if choice.mode != "migrate_kv" or not choice.use_dying_sources:
-            gone = lost if choice.use_dying_sources else lost | dying
-            placement, plan = self._map_and_plan(view, usable, new, {}, replica_map, dying, gone)
-        ready_s = max(now, choice.stop_by) + plan.est_s
-        if view.is_initial:
-            ready_s = now
-        ready = {r: ready_s for r in range(new.dp)}
-        return self._commit(view, new, placement, old_replicas, choice.stop_by, choice.mode, replica_map, ready,
-                            plan, blocks_until=ready_s)
+        placement = self._match(usable, new, kv, replica_map, lost)
+        plan = self._plan(placement, new, kv, replica_map, dying, lost)
+        stopping = old_replicas - set(plan.intact_replicas.values())
+        mode: RecoveryMode = "migrate_kv"
+        stop_by = now
+        if stopping:
+            choice = choose_recovery(now=now, deadline=deadline, est_with_kv_s=plan.est_s,
+                                     est_params_s=plan.est_params_s,
+                                     can_migrate_kv=bool(plan.kv_replicas & stopping))
+            mode, stop_by = choice.mode, choice.stop_by
+            if mode != "migrate_kv" or not choice.use_dying_sources:
+                # NOTE: same mapping (the KV still ties GPUs to their replica), but only the intact
+                # replicas keep their KV, and in place; the stopping ones' batches are recomputed.
+                gone = lost if choice.use_dying_sources else leaving
+                kept_kv = {old_r: kv[old_r] for old_r in plan.intact_replicas.values() if old_r in kv}
+                plan = self._plan(placement, new, kept_kv, replica_map, dying, gone)
+                stopping = old_replicas - set(plan.intact_replicas.values())
+        # A replica serves on if intact; one that inherits a stopped batch's KV waits for the whole
+        # migration after the stop; any other waits only for its weights, from now if its GPUs are
+        # free, else from the stop.
+        busy = {d for d, p in old_place.items() if p.replica in stopping}
+        resumes = plan.kv_replicas & stopping if mode == "migrate_kv" else frozenset()
+        replica_map = {r: old_r for r, old_r in replica_map.items() if old_r not in plan.intact_replicas.values()}
+        replica_map.update(plan.intact_replicas)
+        gpus: dict[int, set[Device]] = {}
+        for d, p in placement.items():
+            gpus.setdefault(p.replica, set()).add(d)
+        ready: dict[int, float] = {}
+        for r in range(new.dp):
+            if r in plan.intact_replicas or view.is_initial:
+                ready[r] = now
+            elif replica_map.get(r) in resumes:
+                ready[r] = stop_by + plan.est_s
+            else:
+                ready[r] = (stop_by if gpus[r] & busy else now) + plan.est_params_s
+        return self._commit(view, new, placement, frozenset(stopping), stop_by, mode, replica_map, ready, plan,
+                            blocks_until=max([stop_by, *ready.values()]))
 
-    def _free_slots(self, usable: list[str], config: ParallelConfig) -> int:
-        c = min(config.tp, self.instance.gpus_per_instance)
-        return sum(len([d for d in devs if d not in self.placement]) // c for devs in self.devices(usable).values())
-
-    def _map_and_plan(self, view, usable, new, kv, replica_map, dying, lost):
+    def _match(self, usable, new, kv, replica_map, lost) -> dict[Device, Position]:
         old, old_place = self.config, self.placement
         devs = self.devices(usable)
         if old is None:
-            placement = rank_order_placement(devs, new, self.instance.gpus_per_instance)
-        else:
-            def weight_fn(d: Device, pos: Position) -> float:
-                return self.planner.reusable_bytes(old_place[d], old, pos, new, kv_tokens=kv, replica_map=replica_map)
+            return rank_order_placement(devs, new, self.instance.gpus_per_instance)
 
-            placement = match_devices(devs, new, self.instance.gpus_per_instance, weight_fn,
-                                      has_state=lambda d: d in old_place and d.instance_id not in lost)
-        plan = self.planner.plan(old_config=old, old_placement=old_place, new_config=new, new_placement=placement,
-                                 kv_tokens=kv, replica_map=replica_map, dying_instances=dying, lost_instances=lost)
-        return placement, plan
+        def weight_fn(d: Device, pos: Position) -> float:
+            return self.planner.reusable_bytes(old_place[d], old, pos, new, kv_tokens=kv, replica_map=replica_map)
+
+        return match_devices(devs, new, self.instance.gpus_per_instance, weight_fn,
+                             has_state=lambda d: d in old_place and d.instance_id not in lost)
+
+    def _plan(self, placement, new, kv, replica_map, dying, lost) -> MigrationPlan:
+        return self.planner.plan(old_config=self.config, old_placement=self.placement, new_config=new,
+                                 new_placement=placement, kv_tokens=kv, replica_map=replica_map,
+                                 dying_instances=dying, lost_instances=lost)
 
     # -- reparallelize (and the initial deployment of ondemand) -------------------------------
     def _restart(self, view: ClusterView, usable: list[str], new: ParallelConfig | None) -> Reconfiguration:

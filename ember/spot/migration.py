@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, Mapping
 
 import numpy as np
@@ -46,6 +47,9 @@ class MigrationPlan:
     kept_bytes: int
     kv_replicas: frozenset[int]  # old replicas whose KV moves (resumable)
     kv_lost_replicas: frozenset[int]  # old replicas whose KV sat on a lost GPU
+    # new replica -> old replica on exactly the same GPUs, none of which receives anything: it
+    # serves on through the switch (SpotServe's device mapper keeps reusable state in place)
+    intact_replicas: Mapping[int, int]
     is_memory_safe: bool
     peak_bytes: int
     est_s: float  # weights + KV
@@ -83,32 +87,62 @@ def _overlap(a: range, b: range) -> int:
     return max(0, min(a.stop, b.stop) - max(a.start, b.start))
 
 
+def _intact_replicas(old_placement: Mapping[Device, Position], new_placement: Mapping[Device, Position],
+                     receivers: set[Device], leaving: frozenset[str]) -> dict[int, int]:
+    """New replicas that are an old replica unchanged: the same GPUs (none leaving), and the plan
+    sends none of them anything (no weights, no KV), so each already holds what its position needs."""
+    old_gpus: dict[int, set[Device]] = defaultdict(set)
+    new_gpus: dict[int, set[Device]] = defaultdict(set)
+    for d, p in old_placement.items():
+        old_gpus[p.replica].add(d)
+    for d, p in new_placement.items():
+        new_gpus[p.replica].add(d)
+    out = {}
+    for new_r, gpus in new_gpus.items():
+        sources = {old_placement[d].replica for d in gpus if d in old_placement}
+        if len(sources) != 1:
+            continue
+        old_r = sources.pop()
+        if old_gpus[old_r] == gpus and not gpus & receivers and all(d.instance_id not in leaving for d in gpus):
+            out[new_r] = old_r
+    return out
+
+
 class MigrationPlanner:
     """Edge weights for the device mapper and the plan for a chosen mapping."""
 
     def __init__(self, memory: ModelMemory, instance: InstanceSpec):
         self.memory = memory
         self.instance = instance
+        self._shared = lru_cache(maxsize=1 << 16)(self._shared_state)
 
     def _layer_bytes(self, layer: int) -> int:
         return self.memory.embed_bytes if layer < 0 else self.memory.layer_bytes
+
+    def _shared_state(self, old_cfg: ParallelConfig, old_rank: int, old_stage: int, new_cfg: ParallelConfig,
+                      new_rank: int, new_stage: int) -> tuple[float, float]:
+        """(weight bytes, decoder layers x tp share) that two positions have in common."""
+        grain = max(old_cfg.tp, new_cfg.tp)
+        lo, ln = _Layout(old_cfg, self.memory, grain), _Layout(new_cfg, self.memory, grain)
+        old_pos, new_pos = Position(0, old_rank, old_stage), Position(0, new_rank, new_stage)
+        shard = _overlap(lo.pieces(old_pos), ln.pieces(new_pos)) / grain
+        if shard == 0:
+            return 0.0, 0.0
+        shared = set(lo.layers(old_pos)) & set(ln.layers(new_pos))
+        return (sum(self._layer_bytes(layer) for layer in shared) * shard,
+                sum(1 for layer in shared if layer >= 0) * shard)
 
     def reusable_bytes(self, old_pos: Position, old_cfg: ParallelConfig, new_pos: Position,
                        new_cfg: ParallelConfig, *, kv_tokens: Mapping[int, int],
                        replica_map: Mapping[int, int | None]) -> float:
         """Bytes a GPU at `old_pos` already holds that `new_pos` needs (SpotServe's edge weight):
         shared layers x shared tp slice x (weights + KV if the new replica inherits the old one's)."""
-        grain = max(old_cfg.tp, new_cfg.tp)
-        lo, ln = _Layout(old_cfg, self.memory, grain), _Layout(new_cfg, self.memory, grain)
-        shard = _overlap(lo.pieces(old_pos), ln.pieces(new_pos)) / grain
-        if shard == 0:
-            return 0.0
-        shared = set(lo.layers(old_pos)) & set(ln.layers(new_pos))
-        w = sum(self._layer_bytes(layer) for layer in shared) * shard
+        weights, kv_layers = self._shared(old_cfg, old_pos.tp_rank, old_pos.pp_stage, new_cfg, new_pos.tp_rank,
+                                          new_pos.pp_stage)
         tokens = kv_tokens.get(old_pos.replica, 0)
         if tokens and replica_map.get(new_pos.replica) == old_pos.replica:
-            w += sum(1 for layer in shared if layer >= 0) * tokens * self.memory.kv_bytes_per_token_layer * shard
-        return w
+            return weights + kv_layers * tokens * self.memory.kv_bytes_per_token_layer
+        return weights
 
     def plan(self, *, old_config: ParallelConfig | None, old_placement: Mapping[Device, Position],
              new_config: ParallelConfig, new_placement: Mapping[Device, Position],
@@ -192,11 +226,13 @@ class MigrationPlanner:
                                                lost_instances)
         rank = {layer: i for i, layer in enumerate(order)}
         transfers.sort(key=lambda t: (rank[t.layer], not t.is_priority, t.kind, t.dst, t.src or t.dst))
+        intact = _intact_replicas(old_placement, new_placement, {t.dst for t in transfers},
+                                  dying_instances | lost_instances)
         return MigrationPlan(
             new_config=new_config, placement=dict(new_placement), transfers=tuple(transfers),
             layer_order=tuple(order), kept_bytes=kept,
             kv_replicas=frozenset(r for r in inherits.values() if r not in kv_lost),
-            kv_lost_replicas=frozenset(kv_lost), is_memory_safe=safe, peak_bytes=peak,
+            kv_lost_replicas=frozenset(kv_lost), intact_replicas=intact, is_memory_safe=safe, peak_bytes=peak,
             est_s=self.estimate_s(transfers), est_params_s=self.estimate_s([t for t in transfers if t.kind != "kv"]))
 
     def estimate_s(self, transfers: list[Transfer]) -> float:

@@ -16,7 +16,8 @@ class RunRecord:
     arrival_s: list[float] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)  # (time, "add" | "preempt")
-    reconfigurations: list[tuple[float, str, str, float]] = field(default_factory=list)  # (t, config, mode, est)
+    # (t, config, mode, migration estimate, old replicas that serve on through the switch)
+    reconfigurations: list[tuple[float, str, str, float, int]] = field(default_factory=list)
     spans: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (instance, start, end, on-demand)
     recomputed_tokens: int = 0  # committed tokens re-prefilled (KV not moved)
     restarted_tokens: int = 0  # generated tokens thrown away

@@ -64,6 +64,7 @@ class Simulator:
         self.requests = [SimRequest(a) for a in arrivals if a.time_s < trace.end_s]
         self.queue: deque[SimRequest] = deque()
         self.replicas: dict[int, SimReplica] = {}
+        self.draining: list[SimReplica] = []  # stopped by a reconfiguration, not yet handed over
         self.state = _State()
         self.rate = config.required_rate
         self.heap: list = []
@@ -140,15 +141,17 @@ class Simulator:
             if start is not None:
                 self.state.spans.append((iid, start, self.now, False))
         lost = set(ev.instance_ids)
-        failed = [r for r in self.replicas.values() if r.instance_ids & lost]
+        failed = [r for r in [*self.replicas.values(), *self.draining] if r.instance_ids & lost]
         for r in failed:  # the controller did not get this replica off in time: its batch restarts
             if r.batch is not None:
                 self._requeue(r.batch.requests, r.batch.progress.committed_at_start, front=True)
                 self.record.restarted_tokens += len(r.batch.requests) * r.batch.progress.steps_done(self.now)
                 r.batch = None
-            if r.resume is not None:
-                self._requeue(*r.resume, front=True)
-                r.resume = None
+            for held in (r.resume, r.interrupted):  # committed tokens survive, their KV does not
+                if held is not None:
+                    self.record.recomputed_tokens += held[1] * len(held[0])
+                    self._requeue(*held, front=True)
+            r.resume = r.interrupted = None
             r.stopping = True
         if failed:
             self._decide()
@@ -169,59 +172,72 @@ class Simulator:
 
     # -- carrying out a reconfiguration ------------------------------------------------------
     def _apply_decision(self, rc: Reconfiguration) -> None:
+        """The new replica set takes over at once: continuing replicas keep serving under their new
+        ids, new ones serve from their `ready_at`; old replicas that stop drain until `stop_by`,
+        when their interrupted batches are handed over (`_on_handover`)."""
+        old = self.replicas
+        carried = {src: r for r, src in rc.replica_map.items()
+                   if src is not None and src in old and src not in rc.stop_replicas}
         self.record.reconfigurations.append((self.now, rc.new_config.short() if rc.new_config else "none", rc.mode,
-                                             rc.migration.est_s if rc.migration else 0.0))
+                                             rc.migration.est_s if rc.migration else 0.0, len(carried)))
         self.blocked_until = max(rc.blocks_until, rc.stop_by, self.now)
         if not self.cfg.ondemand_fleet:
             self._sync_ondemand(rc.ondemand_instances)
-        for rid in rc.stop_replicas:
-            r = self.replicas.get(rid)
-            if r is None:
+        stop_by = max(self.now, rc.stop_by)
+        resumed = rc.resumed_replicas
+        draining = []
+        for rid, r in sorted(old.items()):
+            if rid in carried:
                 continue
-            r.stopping, r.stop_by, r.stop_mode = True, rc.stop_by, rc.mode
+            # NOTE: an old replica neither continued nor listed as stopping stops at once.
+            r.stopping, r.stop_by = True, (stop_by if rid in rc.stop_replicas else self.now)
+            r.stop_mode = "migrate_kv" if rid in resumed else ("restart" if rc.mode == "restart" else "recompute")
             if r.resume is not None:
                 r.interrupted, r.resume = r.resume, None
             if r.batch is not None:
-                d = plan_stop(r.batch.progress, now=self.now, stop_by=rc.stop_by)
+                d = plan_stop(r.batch.progress, now=self.now, stop_by=r.stop_by)
                 if not d.finishes:
                     self._push(d.stop_s, _BATCH, "batch_stop", (r, r.batch.token, d.committed))
-        self._push(max(self.now, rc.stop_by), _APPLY, "apply", rc)
-
-    def _on_apply(self, rc: Reconfiguration) -> None:
-        old = self.replicas
-        carried = {src for src in rc.replica_map.values() if src is not None and src not in rc.stop_replicas}
-        for rid, r in old.items():
-            if r.batch is not None and (rid in rc.stop_replicas or rid not in carried):
-                # NOTE: cannot happen when stops are planned before `stop_by`; keep the committed tokens anyway
-                r.interrupted, r.batch = (r.batch.requests, r.batch.progress.committed(self.now)), None
-        interrupted = {rid: r.interrupted for rid, r in old.items() if rid not in carried and r.interrupted}
-        self.replicas = {}
+            draining.append(r)
         by_replica: dict[int, set[str]] = {}
         for d, p in rc.placement.items():
             by_replica.setdefault(p.replica, set()).add(d.instance_id)
-        kv_ok = rc.migration.kv_replicas if (rc.migration is not None and rc.mode == "migrate_kv") else frozenset()
+        self.replicas = {}
         for new_rid, ready in sorted(rc.ready_at.items()):
             src = rc.replica_map.get(new_rid)
-            if src is not None and src in old and src not in rc.stop_replicas:
+            if src in carried:
                 rep = old[src]
                 rep.rid, rep.config = new_rid, rc.new_config
-                rep.instance_ids = frozenset(by_replica.get(new_rid, ()))
-                self.replicas[new_rid] = rep
-                continue
-            rep = SimReplica(rid=new_rid, config=rc.new_config, ready_at=ready,
-                           instance_ids=frozenset(by_replica.get(new_rid, ())))
-            if src is not None and src in interrupted and src in kv_ok:
-                rep.resume = interrupted.pop(src)
-                self.record.resumed_tokens += rep.resume[1] * len(rep.resume[0])
+            else:
+                rep = SimReplica(rid=new_rid, config=rc.new_config, ready_at=max(ready, self.now))
+                self._push(rep.ready_at, _OTHER, "ready", rep)
+            rep.instance_ids = frozenset(by_replica.get(new_rid, ()))
             self.replicas[new_rid] = rep
-            self._push(ready, _OTHER, "ready", rep)
-        for reqs, committed in interrupted.values():
-            keep = committed if rc.mode != "restart" else 0
-            if rc.mode == "restart":
+        self.draining.extend(draining)
+        heir_of = {src: self.replicas[r] for r, src in rc.replica_map.items() if src in resumed and r in self.replicas}
+        self._push(stop_by, _APPLY, "handover", [(r, heir_of.get(r.rid)) for r in draining])
+        self._dispatch()
+
+    def _on_handover(self, pairs: list[tuple[SimReplica, SimReplica | None]]) -> None:
+        """Stopped replicas give their batches to the replica inheriting their KV, or back to the
+        queue with their committed tokens (recomputed), or from token 0 (restart)."""
+        for r, heir in pairs:
+            self.draining.remove(r)
+            if r.batch is not None:
+                # NOTE: cannot happen when stops are planned before `stop_by`; keep the committed tokens anyway
+                r.interrupted, r.batch = (r.batch.requests, r.batch.progress.committed(self.now)), None
+            if r.interrupted is None:
+                continue
+            (reqs, committed), r.interrupted = r.interrupted, None
+            if heir is not None and not heir.stopping and heir.resume is None and self.replicas.get(heir.rid) is heir:
+                heir.resume = (reqs, committed)
+                self.record.resumed_tokens += committed * len(reqs)
+            elif r.stop_mode == "restart":
                 self.record.restarted_tokens += committed * len(reqs)
+                self._requeue(reqs, 0, front=True)
             else:
                 self.record.recomputed_tokens += committed * len(reqs)
-            self._requeue(reqs, keep, front=True)
+                self._requeue(reqs, committed, front=True)
         self._dispatch()
 
     def _sync_ondemand(self, wanted: tuple[str, ...]) -> None:
@@ -249,7 +265,8 @@ class Simulator:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        for rep in sorted(self.replicas.values(), key=lambda r: r.rid):
+        # replicas that keep serving take work before those draining toward a stop
+        for rep in sorted([*self.replicas.values(), *self.draining], key=lambda r: (r.stopping, r.rid)):
             if rep.batch is not None or rep.ready_at > self.now:
                 continue
             if rep.stopping and (rep.stop_by is None or self.now >= rep.stop_by or rep.interrupted is not None):
@@ -265,13 +282,14 @@ class Simulator:
                     n += 1
                 b = 1 << (n.bit_length() - 1)
                 if rep.stopping:
-                    # restart mode loses progress at the stop: admit only what finishes before it;
-                    # otherwise admit what commits at least one token before the stop
+                    # NOTE: admit only what finishes before the stop, unless the replica's batch will
+                    # resume on migrated KV (then every token it commits is kept): a batch that is
+                    # recomputed or restarted would waste the work a continuing replica could do.
                     probe = BatchProgress(start_s=self.now, committed_at_start=head, output_len=self.cfg.output_len,
                                           latency=self._latency(rep.config, b), prefill_scale=(
                                               self.queue[0].arrival.prompt_len + head) / self.profile.profiled_input_len)
                     d = plan_stop(probe, now=self.now, stop_by=rep.stop_by)
-                    if not d.finishes and (rep.stop_mode == "restart" or d.committed == head):
+                    if not d.finishes and (rep.stop_mode != "migrate_kv" or d.committed == head):
                         continue
                 reqs = [self.queue.popleft() for _ in range(b)]
                 self._start(rep, reqs, head, with_prefill=True)
