@@ -12,6 +12,9 @@ def _require(condition: bool, field_name: str, value, rule: str) -> None:
         raise InvalidInputError(f"{field_name}={value!r}: {rule}", param=field_name)
 
 
+CACHE_POLICIES = ("asym", "lru", "lfu", "hash", "none")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     model: str = field(metadata={"help": "HF checkpoint directory or hub id"})
@@ -36,6 +39,10 @@ class EngineConfig:
     )
     enable_prefix_caching: bool = field(
         default=True, metadata={"help": "reuse KV of shared prompt prefixes"}
+    )
+    cache_policy: str = field(
+        default="asym",
+        metadata={"help": "KV reuse and eviction: asym (AsymCache) | lru | lfu | hash (vLLM-style) | none"},
     )
     attention_backend: str = field(
         default="paged", metadata={"help": "paged (fast) | reference (the torch oracle)"}
@@ -70,6 +77,12 @@ class EngineConfig:
             "must be >= 1",
         )
 
+        _require(
+            self.cache_policy in CACHE_POLICIES,
+            "cache_policy",
+            self.cache_policy,
+            f"must be one of {', '.join(CACHE_POLICIES)}",
+        )
         _require(
             self.attention_backend in ("paged", "reference"),
             "attention_backend",

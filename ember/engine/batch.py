@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ScheduledRequest:
-    """Run ``token_ids`` at positions ``[start_position, start_position + len)``.
+    """Run ``token_ids`` at the positions of ``ranges`` (ascending ``[start, end)`` token
+    ranges, in the request's own positions).
 
-    Prefill, chunked prefill, decode and recomputation after preemption all take this shape.
-    Keys are the request's storage ``[0, start_position + len)`` through ``block_ids``."""
+    Prefill, chunked prefill, decode, recomputation after preemption and hole recomputation
+    all take this shape: a hole's range comes before the new tokens. Keys are the request's
+    storage ``[0, kv_len)`` through ``block_ids``."""
 
     request_id: str
     token_ids: list[int]
-    start_position: int
+    ranges: list[tuple[int, int]]
     block_ids: list[int]
     sample: bool  # sample a next token after the last one
     prompt_logits: bool = False  # return logits for every token (prompt logprobs)
@@ -24,8 +26,17 @@ class ScheduledRequest:
         return len(self.token_ids)
 
     @property
+    def start_position(self) -> int:
+        return self.ranges[0][0]
+
+    @property
     def kv_len(self) -> int:
-        return self.start_position + len(self.token_ids)
+        return self.ranges[-1][1]
+
+    def positions(self) -> range | list[int]:
+        if len(self.ranges) == 1:
+            return range(*self.ranges[0])
+        return [p for start, end in self.ranges for p in range(start, end)]
 
 
 @dataclass(frozen=True)

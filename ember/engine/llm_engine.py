@@ -19,7 +19,8 @@ from ember.engine.request import Request, RequestStatus
 from ember.engine.sampler import Sampler, SamplingState, make_generator, prompt_logprobs
 from ember.engine.scheduler import Scheduler, SchedulerConfig
 from ember.errors import InvalidInputError
-from ember.kvcache.manager import KVCacheManager
+from ember.kvcache.cost_model import LatencyModel
+from ember.kvcache.factory import make_kv_cache_manager
 from ember.models.loader import load_model
 from ember.models.tokenizer import IncrementalDetokenizer
 from ember.runner.model_runner import ModelRunner, kv_bytes_per_block
@@ -44,10 +45,16 @@ class LLMEngine:
             self.arch.max_position_embeddings,
         )
         num_blocks = self._num_kv_blocks(dtype)
-        self.kv_cache = KVCacheManager(
+        self.latency_model = LatencyModel.analytic(
+            num_params=sum(p.numel() for p in self.model.parameters()),
+            hidden_size=self.arch.hidden_size,
+            num_layers=self.arch.num_layers,
+        )
+        self.kv_cache = make_kv_cache_manager(
+            config.cache_policy if config.enable_prefix_caching else "none",
             num_blocks=num_blocks,
             block_size=config.block_size,
-            enable_caching=config.enable_prefix_caching,
+            latency_model=self.latency_model,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(

@@ -35,7 +35,9 @@ class Request:
 
     Progress invariant::
 
-        [0, num_computed_tokens)          KV in the cache (computed or a prefix-cache hit)
+        [0, num_computed_tokens)          KV in the cache (computed or a prefix-cache hit),
+                                          except the ranges in ``pending_holes``
+        pending_holes                     evicted KV inside a prefix hit, to recompute first
         [num_computed_tokens, num_tokens) still to run; the last one is sampled from
     """
 
@@ -46,6 +48,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    pending_holes: list[tuple[int, int]] = field(default_factory=list)
     num_cached_prompt_tokens: int = 0
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING

@@ -1,19 +1,25 @@
 """Continuous batching under a per-step token budget.
 
 Each step: running requests first (decodes and unfinished prefill chunks, oldest first),
-then waiting requests while the budget, the sequence limit and free KV blocks allow. When a
-running request cannot get a block, the newest running request is preempted: its blocks are
-freed and it returns to the front of the queue to be recomputed (its tokens are kept, so
-nothing is lost and greedy output is unchanged)."""
+then waiting requests while the budget, the sequence limit and free KV blocks allow. A
+prefix-cache hit may come with holes (evicted KV inside the hit): they are scheduled first,
+at their own positions, then the new tokens — possibly in the same step. When a running
+request cannot get a block, the newest running request is preempted: its blocks are freed
+and it returns to the front of the queue to be recomputed (its tokens are kept, so nothing
+is lost and greedy output is unchanged)."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from ember.engine.batch import Batch, ScheduledRequest
 from ember.engine.request import Request, RequestStatus
-from ember.kvcache.manager import KVCacheManager, PrefixHit
+from ember.kvcache.interface import EMPTY_MATCH, BaseKVCacheManager
+
+# (running requests' contexts, candidate) -> token budget for this step; see AdaptiveBudget
+BudgetFn = Callable[[list[Request]], int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,13 +31,15 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: BaseKVCacheManager, *, budget_fn: BudgetFn | None = None) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.budget_fn = budget_fn
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.num_recomputed_hole_tokens = 0
 
     def add(self, request: Request) -> None:
         self.requests[request.request_id] = request
@@ -50,26 +58,26 @@ class Scheduler:
         return len(self.running)
 
     def schedule(self) -> Batch:
-        budget = self.config.max_num_batched_tokens
-        scheduled: list[tuple[Request, int]] = []
+        budget = self.budget_fn(self.running) if self.budget_fn else self.config.max_num_batched_tokens
+        scheduled: list[tuple[Request, list[tuple[int, int]]]] = []
         preempted: list[str] = []
 
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = self._num_new_tokens(request, budget)
-            if num_new == 0:
+            plan = self._plan(request, budget, is_first=not scheduled)
+            if not plan:
                 i += 1
                 continue
-            while not self.kv_cache.allocate_slots(request, num_new):
+            while not self.kv_cache.allocate_slots(request, self._num_new(request, plan)):
                 victim = self.running.pop()
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim is request:
                     break
             else:
-                scheduled.append((request, num_new))
-                budget -= num_new
+                scheduled.append((request, plan))
+                budget -= _count(plan)
                 i += 1
 
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -78,28 +86,24 @@ class Scheduler:
             request = self.waiting[0]
             # NOTE: prompt logprobs need every prompt position run, so no prefix hit.
             if request.sampling_params.prompt_logprobs is None:
-                hit = self.kv_cache.match_prefix(request)
+                match = self.kv_cache.match_prefix(request)
             else:
-                hit = PrefixHit([], 0)
-            request.num_computed_tokens = 0
-            remaining = request.num_tokens - hit.num_tokens
-            num_new = min(remaining, budget)
-            if num_new < remaining and not self.config.enable_chunked_prefill and scheduled:
-                break
-            if not self.config.enable_chunked_prefill:
-                num_new = remaining
-            if not self.kv_cache.allocate_slots(request, num_new, hit):
+                match = EMPTY_MATCH
+            request.num_computed_tokens = match.num_tokens
+            request.pending_holes = match.holes
+            plan = self._plan(request, budget, is_first=not scheduled)
+            if not plan or not self.kv_cache.allocate_slots(request, self._num_new(request, plan), match):
+                request.num_computed_tokens, request.pending_holes = 0, []
                 break
             self.waiting.popleft()
-            request.num_computed_tokens = hit.num_tokens
             if request.num_preemptions == 0:
-                request.num_cached_prompt_tokens = hit.num_tokens
+                request.num_cached_prompt_tokens = match.num_cached_tokens
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            scheduled.append((request, num_new))
-            budget -= num_new
+            scheduled.append((request, plan))
+            budget -= _count(plan)
 
-        return Batch([self._to_scheduled(r, n) for r, n in scheduled], preempted)
+        return Batch([self._to_scheduled(r, plan) for r, plan in scheduled], preempted)
 
     def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
         """Advance progress after a step; append sampled tokens and apply token-level stops.
@@ -109,7 +113,7 @@ class Scheduler:
             request = self.requests.get(item.request_id)
             if request is None or request.is_finished:
                 continue  # aborted while the step ran
-            request.num_computed_tokens += item.num_tokens
+            self._advance(request, item.ranges)
             self.kv_cache.cache_computed_blocks(request)
             token_id = sampled.get(item.request_id)
             if token_id is None:
@@ -144,16 +148,49 @@ class Scheduler:
         self.kv_cache.check_integrity({r.request_id for r in self.running})
         assert len(self.running) + len(self.waiting) == len(self.requests)
 
-    def _num_new_tokens(self, request: Request, budget: int) -> int:
-        remaining = request.num_tokens - request.num_computed_tokens
-        if not self.config.enable_chunked_prefill and remaining > budget:
-            return 0 if budget < self.config.max_num_batched_tokens else remaining
-        return min(remaining, budget)
+    # ------------------------------------------------------------- internals
+    def _plan(self, request: Request, budget: int, *, is_first: bool) -> list[tuple[int, int]]:
+        """Token ranges to run for ``request`` within ``budget``: holes first (in order),
+        then new tokens, which need every hole before them computed."""
+        todo = list(request.pending_holes)
+        if request.num_computed_tokens < request.num_tokens:
+            todo.append((request.num_computed_tokens, request.num_tokens))
+        total = sum(end - start for start, end in todo)
+        if total > budget and not self.config.enable_chunked_prefill:
+            # NOTE: without chunking a request runs whole, alone if it exceeds the budget.
+            return todo if is_first and budget == self.config.max_num_batched_tokens else []
+        plan: list[tuple[int, int]] = []
+        for start, end in todo:
+            if budget <= 0:
+                break
+            take = min(end - start, budget)
+            plan.append((start, start + take))
+            budget -= take
+        return plan
+
+    @staticmethod
+    def _num_new(request: Request, plan: list[tuple[int, int]]) -> int:
+        """Tokens of ``plan`` past the computed prefix (holes already have blocks)."""
+        return max(0, plan[-1][1] - request.num_computed_tokens)
+
+    def _advance(self, request: Request, ranges: list[tuple[int, int]]) -> None:
+        for start, end in ranges:
+            if start < request.num_computed_tokens:
+                self.num_recomputed_hole_tokens += end - start
+                hole_start, hole_end = request.pending_holes[0]
+                assert hole_start == start and end <= hole_end, "holes are run in order"
+                if end == hole_end:
+                    request.pending_holes.pop(0)
+                else:
+                    request.pending_holes[0] = (end, hole_end)
+            else:
+                request.num_computed_tokens = end
 
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request)
         request.status = RequestStatus.WAITING
         request.num_computed_tokens = 0
+        request.pending_holes = []
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
@@ -173,15 +210,19 @@ class Scheduler:
             return RequestStatus.FINISHED_LENGTH
         return None
 
-    def _to_scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
-        start = request.num_computed_tokens
-        end = start + num_new
-        wants_prompt_logits = bool(request.sampling_params.prompt_logprobs is not None)
+    def _to_scheduled(self, request: Request, plan: list[tuple[int, int]]) -> ScheduledRequest:
+        all_ids = request.all_token_ids
+        token_ids = [t for start, end in plan for t in all_ids[start:end]]
+        wants_prompt_logits = request.sampling_params.prompt_logprobs is not None
         return ScheduledRequest(
             request_id=request.request_id,
-            token_ids=request.all_token_ids[start:end],
-            start_position=start,
+            token_ids=token_ids,
+            ranges=plan,
             block_ids=list(self.kv_cache.block_table(request.request_id)),
-            sample=end == request.num_tokens,
-            prompt_logits=wants_prompt_logits and start < request.num_prompt_tokens,
+            sample=plan[-1][1] == request.num_tokens,
+            prompt_logits=wants_prompt_logits and plan[0][0] < request.num_prompt_tokens,
         )
+
+
+def _count(plan: list[tuple[int, int]]) -> int:
+    return sum(end - start for start, end in plan)

@@ -1,24 +1,18 @@
-"""The KV-cache manager: which blocks each request holds, and prefix caching over them.
+"""vLLM-style prefix caching: a dict of chained block hashes over the blocks themselves.
 
-This is the interface the scheduler talks to; AsymCache's manager replaces it."""
+A lookup stops at the first miss; freed blocks stay reusable until the allocator takes
+them, oldest first (``--cache-policy hash``). AsymCache's tree manager is the alternative."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ember.engine.request import Request
 from ember.kvcache.block_pool import BlockPool, chain_hash
+from ember.kvcache.interface import BaseKVCacheManager, PrefixMatch
 
 _ROOT_HASH = 0
 
 
-@dataclass(frozen=True)
-class PrefixHit:
-    block_ids: list[int]
-    num_tokens: int
-
-
-class KVCacheManager:
+class KVCacheManager(BaseKVCacheManager):
     def __init__(self, *, num_blocks: int, block_size: int, enable_caching: bool) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
@@ -37,23 +31,19 @@ class KVCacheManager:
         return self.pool.num_free_blocks
 
     @property
-    def usage(self) -> float:
-        return 1.0 - self.pool.num_free_blocks / self.pool.num_blocks
-
-    @property
     def prefix_hit_rate(self) -> float:
         return self.num_hit_tokens / self.num_queried_tokens if self.num_queried_tokens else 0.0
 
     def block_table(self, request_id: str) -> list[int]:
         return self._blocks.get(request_id, [])
 
-    def match_prefix(self, request: Request) -> PrefixHit:
+    def match_prefix(self, request: Request) -> PrefixMatch:
         """Longest run of cached full blocks at the start of the request's tokens.
 
         NOTE: stops one token short of the whole sequence: the last token must be run to get
         logits to sample from."""
         if not self.enable_caching:
-            return PrefixHit([], 0)
+            return PrefixMatch([], self.block_size)
         token_ids = request.all_token_ids
         max_blocks = (len(token_ids) - 1) // self.block_size
         block_ids, parent = [], _ROOT_HASH
@@ -66,14 +56,14 @@ class KVCacheManager:
             block_ids.append(block_id)
         self.num_queried_tokens += request.num_prompt_tokens
         self.num_hit_tokens += min(len(block_ids) * self.block_size, request.num_prompt_tokens)
-        return PrefixHit(block_ids, len(block_ids) * self.block_size)
+        return PrefixMatch(block_ids, self.block_size)
 
-    def allocate_slots(self, request: Request, num_new_tokens: int, hit: PrefixHit | None = None) -> bool:
+    def allocate_slots(self, request: Request, num_new_tokens: int, hit: PrefixMatch | None = None) -> bool:
         """Reserve blocks so that ``num_new_tokens`` more tokens fit after the computed ones
         (and after ``hit`` for a new request). Returns False, changing nothing, if they do not."""
         held = self._blocks.get(request.request_id, [])
         hit_blocks = hit.block_ids if hit else []
-        num_computed = request.num_computed_tokens + (hit.num_tokens if hit else 0)
+        num_computed = request.num_computed_tokens  # NOTE: includes the hit (scheduler sets it)
         num_needed = -(-(num_computed + num_new_tokens) // self.block_size)
         num_new_blocks = max(0, num_needed - len(held) - len(hit_blocks))
         num_hit_free = sum(self.pool.ref_counts[b] == 0 for b in hit_blocks)

@@ -63,9 +63,7 @@ class ModelRunner:
     def run(self, batch: Batch) -> RunnerOutput:
         items = batch.requests
         input_ids = list(itertools.chain.from_iterable(r.token_ids for r in items))
-        positions = list(
-            itertools.chain.from_iterable(range(r.start_position, r.kv_len) for r in items)
-        )
+        positions = list(itertools.chain.from_iterable(r.positions() for r in items))
         query_lens = [r.num_tokens for r in items]
         meta = build_attention_metadata(
             query_lens=query_lens,

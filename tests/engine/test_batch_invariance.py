@@ -41,8 +41,9 @@ def test_without_chunked_prefill(path, reference):
     assert tokens(run_checked(llm, PROMPTS, greedy(NUM_NEW))) == reference
 
 
-def test_prefix_cache_hits(path, reference):
-    llm = LLM(path, dtype="float32", block_size=4)
+@pytest.mark.parametrize("policy", ["asym", "lru", "lfu", "hash"])
+def test_prefix_cache_hits(path, reference, policy):
+    llm = LLM(path, dtype="float32", block_size=4, cache_policy=policy)
     shared = PROMPTS[0] * 3  # a long prefix that several requests share
     prompts = [shared + p for p in PROMPTS]
     first = run_checked(llm, prompts, greedy(NUM_NEW))
@@ -57,9 +58,10 @@ def test_prefix_cache_hits(path, reference):
     assert hit.num_cached_tokens >= len(prompts[1]) + NUM_NEW - 4
 
 
-def test_preemption_and_recompute(path, reference):
+@pytest.mark.parametrize("policy", ["asym", "lru", "hash"])
+def test_preemption_and_recompute(path, reference, policy):
     # 14 blocks of 8 tokens cannot hold 8 requests of up to 84 tokens: some are preempted.
-    llm = LLM(path, dtype="float32", block_size=8, num_kv_blocks=14)
+    llm = LLM(path, dtype="float32", block_size=8, num_kv_blocks=14, cache_policy=policy)
     outputs = run_checked(llm, PROMPTS, greedy(NUM_NEW))
     assert tokens(outputs) == reference
     assert llm.engine.scheduler.num_preemptions > 0
@@ -68,3 +70,19 @@ def test_preemption_and_recompute(path, reference):
 def test_compiled_engine_matches_eager(path, reference):
     llm = LLM(path, dtype="float32", compile=True, block_size=4, max_num_batched_tokens=40)
     assert tokens(run_checked(llm, PROMPTS, greedy(NUM_NEW))) == reference
+
+
+def test_eviction_pressure_with_shared_prefixes(path):
+    """Many requests over a few shared prefixes in a cache far too small for them: every
+    policy evicts (asym makes holes) and every output equals a cold run's."""
+    import random
+
+    rng = random.Random(5)
+    prefixes = [PROMPTS[i] * 2 for i in range(3)]
+    prompts = [rng.choice(prefixes) + PROMPTS[rng.randrange(8)][:5] for _ in range(12)]
+    cold = LLM(path, dtype="float32", cache_policy="none")
+    expected = tokens(run_checked(cold, prompts, greedy(8)))
+    for policy in ("asym", "lru", "lfu", "hash"):
+        llm = LLM(path, dtype="float32", block_size=4, num_kv_blocks=48, cache_policy=policy, max_num_seqs=3)
+        for prompt, want in zip(prompts, expected):  # one at a time: reuse across requests
+            assert tokens(run_checked(llm, [prompt], greedy(8))) == [want], policy

@@ -104,3 +104,22 @@ def test_chat_uses_the_template(llm):
     (out,) = llm.chat([{"role": "user", "content": "hi"}], greedy(5))
     rendered = llm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     assert out.prompt == rendered and len(out.outputs[0].token_ids) == 5
+
+
+def test_abort_mid_batch_leaves_the_others_untouched(llm):
+    prompts = ["def a():", "def b():", "def c():"]
+    expected = [o.outputs[0].token_ids for o in run_checked(llm, prompts, greedy(16))]
+    engine = llm.engine
+    ids = [engine.add_request(None, p, greedy(16)) for p in prompts]
+    for _ in range(4):
+        engine.step()
+    engine.abort_request(ids[1])
+    engine.check_integrity()
+    finished = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            finished[output.request_id] = output
+        engine.check_integrity()
+    assert ids[1] not in finished
+    assert [finished[i].outputs[0].token_ids for i in (ids[0], ids[2])] == [expected[0], expected[2]]
+    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks

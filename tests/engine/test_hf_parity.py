@@ -38,7 +38,7 @@ def test_prompt_logits_match_transformers_in_two_chunks(variant, hf_checkpoints)
     step that reads the first halves back from the paged cache."""
     path = hf_checkpoints(variant)
     hf = load_hf(path)
-    llm = LLM(str(path), dtype="float32", block_size=4)
+    llm = LLM(str(path), dtype="float32", block_size=4, cache_policy="hash")
     engine = llm.engine
     prompts = random_prompts(8, vocab=300, min_len=3, max_len=48, seed=2)
     blocks = {i: engine.kv_cache.pool.allocate(-(-len(p) // 4)) for i, p in enumerate(prompts)}
@@ -49,7 +49,7 @@ def test_prompt_logits_match_transformers_in_two_chunks(variant, hf_checkpoints)
             ScheduledRequest(
                 request_id=str(i),
                 token_ids=p[: splits[i]] if first else p[splits[i] :],
-                start_position=0 if first else splits[i],
+                ranges=[(0, splits[i])] if first else [(splits[i], len(p))],
                 block_ids=blocks[i],
                 sample=not first,
                 prompt_logits=True,
