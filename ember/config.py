@@ -44,6 +44,18 @@ class EngineConfig:
         default="asym",
         metadata={"help": "KV reuse and eviction: asym (AsymCache) | lru | lfu | hash (vLLM-style) | none"},
     )
+    chunking: str = field(
+        default="fixed",
+        metadata={"help": "per-step token budget: fixed (--max-num-batched-tokens) | adaptive (latency model)"},
+    )
+    target_step_ms: float | None = field(
+        default=None,
+        metadata={"help": "adaptive chunking's step time (default: a full fixed-budget prefill step)"},
+    )
+    latency_model: str = field(
+        default="auto",
+        metadata={"help": "auto (profile once, cached on disk) | analytic (FLOP estimate) | PATH to a JSON"},
+    )
     attention_backend: str = field(
         default="paged", metadata={"help": "paged (fast) | reference (the torch oracle)"}
     )
@@ -82,6 +94,10 @@ class EngineConfig:
             "cache_policy",
             self.cache_policy,
             f"must be one of {', '.join(CACHE_POLICIES)}",
+        )
+        _require(self.chunking in ("fixed", "adaptive"), "chunking", self.chunking, "must be 'fixed' or 'adaptive'")
+        _require(
+            self.target_step_ms is None or self.target_step_ms > 0, "target_step_ms", self.target_step_ms, "must be > 0"
         )
         _require(
             self.attention_backend in ("paged", "reference"),

@@ -19,7 +19,8 @@ from ember.engine.request import Request, RequestStatus
 from ember.engine.sampler import Sampler, SamplingState, make_generator, prompt_logprobs
 from ember.engine.scheduler import Scheduler, SchedulerConfig
 from ember.errors import InvalidInputError
-from ember.kvcache.cost_model import LatencyModel
+from ember.engine.chunking import AdaptiveBudget
+from ember.kvcache.profiler import load_latency_model
 from ember.kvcache.factory import make_kv_cache_manager
 from ember.models.loader import load_model
 from ember.models.tokenizer import IncrementalDetokenizer
@@ -45,26 +46,6 @@ class LLMEngine:
             self.arch.max_position_embeddings,
         )
         num_blocks = self._num_kv_blocks(dtype)
-        self.latency_model = LatencyModel.analytic(
-            num_params=sum(p.numel() for p in self.model.parameters()),
-            hidden_size=self.arch.hidden_size,
-            num_layers=self.arch.num_layers,
-        )
-        self.kv_cache = make_kv_cache_manager(
-            config.cache_policy if config.enable_prefix_caching else "none",
-            num_blocks=num_blocks,
-            block_size=config.block_size,
-            latency_model=self.latency_model,
-        )
-        self.scheduler = Scheduler(
-            SchedulerConfig(
-                max_num_seqs=config.max_num_seqs,
-                max_num_batched_tokens=config.max_num_batched_tokens,
-                max_model_len=self.max_model_len,
-                enable_chunked_prefill=config.enable_chunked_prefill,
-            ),
-            self.kv_cache,
-        )
         self.runner = ModelRunner(
             self.model,
             self.arch,
@@ -74,6 +55,32 @@ class LLMEngine:
             device=self.device,
             attention_backend=config.attention_backend,
             compile=config.compile,
+        )
+        self.latency_model = load_latency_model(config, self.runner, self.arch, str(loaded.path), self.max_model_len)
+        self.kv_cache = make_kv_cache_manager(
+            config.cache_policy if config.enable_prefix_caching else "none",
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            latency_model=self.latency_model,
+        )
+        budget_fn = None
+        if config.chunking == "adaptive":
+            target_s = (config.target_step_ms or 0) / 1e3 or self.latency_model.step_time(config.max_num_batched_tokens)
+            budget_fn = AdaptiveBudget(
+                model=self.latency_model,
+                target_s=target_s,
+                max_tokens=config.max_num_batched_tokens,
+                min_chunk=config.block_size,
+            )
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_model_len=self.max_model_len,
+                enable_chunked_prefill=config.enable_chunked_prefill,
+            ),
+            self.kv_cache,
+            budget_fn=budget_fn,
         )
         self.sampler = Sampler()
         self.eos_token_ids = frozenset(loaded.eos_token_ids)

@@ -51,13 +51,15 @@ class LatencyModel:
         )
 
     @classmethod
-    def fit(cls, samples: Sequence[tuple[int, int, float]], source: str = "profile") -> "LatencyModel":
-        """Least squares over ``(num_tokens, context, seconds)`` samples, coefficients >= 0."""
+    def fit_batches(cls, samples: Sequence[tuple[Sequence[tuple[int, int]], float]], source: str = "profile") -> "LatencyModel":
+        """Least squares over steps: ``([(num_tokens, context) per request], seconds)``."""
         from scipy.optimize import nnls
 
-        rows = np.array([[1.0, n, n * ctx + n * n / 2] for n, ctx, _ in samples])
-        times = np.array([t for _, _, t in samples])
-        scale = rows.max(axis=0)
+        rows = np.array(
+            [[1.0, sum(n for n, _ in items), sum(n * ctx + n * n / 2 for n, ctx in items)] for items, _ in samples]
+        )
+        times = np.array([t for _, t in samples])
+        scale = np.maximum(rows.max(axis=0), 1e-12)
         coef, _ = nnls(rows / scale, times)
         a, b, c = coef / scale
         return cls(fixed_s=float(a), per_token_s=float(b), per_pair_s=float(c), source=source)
