@@ -1,4 +1,4 @@
-"""`ember` command line: generate | models | bench | spot (more as they land)."""
+"""`ember` command line: generate | models | serve | bench | spot (more as they land)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from ember.errors import EmberError
 
 # Each module provides `register(subparsers)`, which adds its subcommand and sets
 # `func(args) -> int` on the parser defaults.
-_COMMAND_MODULES = ("ember.cli_generate", "ember.bench.cli", "ember.spot.cli")
+_COMMAND_MODULES = ("ember.cli_generate", "ember.bench.cli", "ember.spot.cli", "ember.server.cli",
+                    "ember.train.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

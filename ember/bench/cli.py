@@ -25,6 +25,11 @@ def register(subparsers) -> None:
     offline.add_argument("--out", default="bench_out/offline.json", help="JSON results file")
     offline.set_defaults(func=run_offline)
 
+    from ember.bench import cache_cli, serve_cli
+
+    serve_cli.add_parser(kinds)
+    cache_cli.add_parsers(kinds)
+
 
 def run_offline(args: argparse.Namespace) -> int:
     from ember.bench.offline import OfflineBenchConfig, run_offline_bench

@@ -45,6 +45,8 @@ class EngineStats:
     num_free_kv_blocks: int = 0
     kv_cache_usage: float = 0.0
     prefix_cache_hit_rate: float = 0.0
+    prefix_cache_queried_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
     num_steps: int = 0
     num_preemptions: int = 0
 
@@ -69,6 +71,12 @@ class _Abort:
 class _Call:
     fn: Callable[[LLMEngine], Any]
     result: concurrent.futures.Future
+
+
+@dataclass(frozen=True)
+class _AbortAll:
+    reason: str
+    stop_admitting: bool
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,9 @@ class AsyncLLMEngine:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}
         self._num_steps = 0
+        self._closed_reason: str | None = None  # set once no request is admitted any more
+        self._lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="ember-engine", daemon=True)
 
     # ------------------------------------------------------------ asyncio side
@@ -134,7 +145,8 @@ class AsyncLLMEngine:
 
     @property
     def is_running(self) -> bool:
-        return self._thread.is_alive() and self.error is None
+        """Started, not failed, and still admitting requests."""
+        return self._thread.is_alive() and self.error is None and self._closed_reason is None
 
     @property
     def num_steps(self) -> int:
@@ -184,6 +196,11 @@ class AsyncLLMEngine:
         self._submit(_Call(fn, result))
         return await asyncio.wrap_future(result)
 
+    def abort_all(self, reason: str, *, stop_admitting: bool = False) -> None:
+        """End every in-flight request: its stream raises ``EngineDeadError(reason)``. With
+        ``stop_admitting`` (a server shutting down), later requests get that error too."""
+        self._submit(_AbortAll(reason, stop_admitting))
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Abort whatever is still in flight and stop the thread (idempotent)."""
         if self._thread.is_alive():
@@ -191,12 +208,18 @@ class AsyncLLMEngine:
             self._thread.join(timeout)
 
     def _submit(self, command) -> None:
-        self._commands.put(command)
+        # NOTE: under the lock the engine thread takes to stop, so no command is queued after
+        # the thread's last look at the queue: it is either applied or rejected here.
+        with self._lock:
+            if not self._stopped:
+                self._commands.put(command)
+                return
+        _reject(command, EngineDeadError(self._dead_message()))
 
     def _dead_message(self) -> str:
         if self.error is not None:
             return f"the engine failed: {self.error!r}"
-        return "the engine is not running"
+        return self._closed_reason or "the engine is not running"
 
     # ------------------------------------------------------------- engine side
     def _run(self) -> None:
@@ -209,10 +232,9 @@ class AsyncLLMEngine:
                     commands.append(self._commands.get_nowait())
                 except queue.Empty:
                     break
-            for command in commands:
+            for i, command in enumerate(commands):
                 if isinstance(command, _Stop):
-                    self._fail_all(EngineDeadError(command.reason))
-                    self._publish_stats()
+                    self._stop(command.reason, commands[i + 1 :])
                     return
                 self._apply(command)
             if self.error is None and engine.has_unfinished_requests():
@@ -241,6 +263,10 @@ class AsyncLLMEngine:
         elif isinstance(command, _Abort):
             self.engine.abort_request(command.request_id)
             self._streams.pop(command.request_id, None)
+        elif isinstance(command, _AbortAll):
+            if command.stop_admitting:
+                self._closed_reason = command.reason
+            self._fail_all(EngineDeadError(command.reason))
         elif isinstance(command, _Call):
             if command.result.set_running_or_notify_cancel():
                 try:
@@ -249,13 +275,11 @@ class AsyncLLMEngine:
                     command.result.set_exception(exc)
 
     def _admit(self, command: _Add) -> None:
-        if self.error is not None:
+        if self.error is not None or self._closed_reason is not None:
             raise EngineDeadError(self._dead_message())
         limit = self.max_waiting_requests
         if limit is not None and self.engine.scheduler.num_waiting >= limit:
-            raise EngineOverloadedError(
-                f"the server's waiting queue is full ({limit} requests); retry later"
-            )
+            raise EngineOverloadedError(f"the server's waiting queue is full ({limit} requests); retry later")
         self.engine.add_request(
             command.request_id, command.prompt, command.params, arrival_time=command.arrival_time
         )
@@ -281,10 +305,26 @@ class AsyncLLMEngine:
         for loop, items in by_loop.items():
             _deliver_soon(loop, items)
 
+    def _stop(self, reason: str, unapplied: list) -> None:
+        self._closed_reason = self._closed_reason or reason
+        with self._lock:
+            self._stopped = True
+        while True:
+            try:
+                unapplied.append(self._commands.get_nowait())
+            except queue.Empty:
+                break
+        error = EngineDeadError(reason)
+        for command in unapplied:
+            _reject(command, error)
+        self._fail_all(error)
+        self._publish_stats()
+
     def _publish_stats(self) -> None:
         engine = self.engine
         kv = engine.kv_cache
         # NOTE: one attribute assignment, so readers on other threads see a whole snapshot.
+        # The prefix-cache counters are not part of BaseKVCacheManager (yet): 0 where absent.
         self.stats = EngineStats(
             num_running=engine.scheduler.num_running,
             num_waiting=engine.scheduler.num_waiting,
@@ -292,10 +332,18 @@ class AsyncLLMEngine:
             num_kv_blocks=kv.num_blocks,
             num_free_kv_blocks=kv.num_free_blocks,
             kv_cache_usage=kv.usage,
-            prefix_cache_hit_rate=kv.prefix_hit_rate,
+            prefix_cache_hit_rate=getattr(kv, "prefix_hit_rate", 0.0),
+            prefix_cache_queried_tokens=getattr(kv, "num_queried_tokens", 0),
+            prefix_cache_hit_tokens=getattr(kv, "num_hit_tokens", 0),
             num_steps=self._num_steps,
             num_preemptions=engine.scheduler.num_preemptions,
         )
+
+
+def _reject(command, error: BaseException) -> None:
+    future = getattr(command, "accepted", None) or getattr(command, "result", None)
+    if future is not None and future.set_running_or_notify_cancel():
+        future.set_exception(error)
 
 
 def _deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[RequestStream, Any]]) -> None:
