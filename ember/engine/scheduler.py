@@ -40,6 +40,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
         self.num_recomputed_hole_tokens = 0
+        self.num_tokens_run = 0
 
     def add(self, request: Request) -> None:
         self.requests[request.request_id] = request
@@ -175,6 +176,7 @@ class Scheduler:
 
     def _advance(self, request: Request, ranges: list[tuple[int, int]]) -> None:
         for start, end in ranges:
+            self.num_tokens_run += end - start
             if start < request.num_computed_tokens:
                 self.num_recomputed_hole_tokens += end - start
                 hole_start, hole_end = request.pending_holes[0]

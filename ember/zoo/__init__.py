@@ -16,18 +16,27 @@ class BuiltinModel:
     materialize: Callable[[Path], Path]  # writes the HF checkpoint into a folder, returns it
 
 
-def _debug(arch: str) -> Callable[[Path], Path]:
+def _debug(arch: str, **overrides) -> Callable[[Path], Path]:
     def write(path: Path) -> Path:
         from ember.zoo.debug import make_debug_checkpoint
 
-        return make_debug_checkpoint(path, arch=arch)
+        return make_debug_checkpoint(path, arch=arch, **overrides)
 
     return write
+
+
+# ~7M parameters: big enough that attention and recomputation cost real time, small enough
+# that a cache benchmark's many configurations run in minutes on a CPU.
+_BENCH_LLAMA = dict(
+    hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
+    num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096,
+)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "debug-llama": BuiltinModel("random-weight tiny Llama (smoke tests; output is gibberish)", _debug("llama")),
     "debug-opt": BuiltinModel("random-weight tiny OPT (smoke tests; output is gibberish)", _debug("opt")),
+    "bench-llama": BuiltinModel("random-weight ~7M Llama for cache benchmarks", _debug("llama", **_BENCH_LLAMA)),
 }
 
 
