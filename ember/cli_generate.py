@@ -51,6 +51,9 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from ember.zoo import default_model
+
+    args.model = args.model or default_model()
     if not args.model:
         raise InvalidInputError(
             "--model is required: pass an HF checkpoint directory, a hub id, or a built-in "
@@ -110,9 +113,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from ember.zoo import BUILTIN_MODELS
+    from ember.zoo import BUILTIN_MODELS, DEFAULT_MODEL
 
     width = max(len(name) for name in BUILTIN_MODELS)
     for name, entry in BUILTIN_MODELS.items():
-        print(f"{name:<{width}}  {entry.description}")
+        if entry.materialize is not None:
+            where = "written on first use"
+        elif (path := entry.shipped_path(name)) is not None:
+            size_mb = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+            where = f"shipped, {size_mb:.1f} MB" + (", default" if name == DEFAULT_MODEL else "")
+        else:
+            where = "not shipped in this installation"
+        print(f"{name:<{width}}  {entry.description} [{where}]")
     return 0

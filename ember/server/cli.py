@@ -60,7 +60,9 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    model = args.model or args.model_tag
+    from ember.zoo import default_model
+
+    model = args.model or args.model_tag or default_model()
     if not model:
         raise InvalidInputError(
             "--model is required: an HF checkpoint directory, a hub id, or a built-in name "

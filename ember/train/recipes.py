@@ -15,16 +15,19 @@ from ember.train.config import ModelShape, Recipe, TrainConfig
 
 
 def ember_tiny() -> Recipe:
-    """The target: ~28M parameters (4.2M of them the tied embedding), context 1024."""
+    """The target: ~23M parameters (4.2M of them the tied embedding), context 1024.
+
+    NOTE: intermediate 1024 (not 1408) keeps the shipped family (target + two drafts, bf16)
+    under the repository's 60 MB budget; max_steps fits one hour on one core."""
     return Recipe(
         name="ember-tiny",
-        description="Llama 8 x 512 (GQA 8/4), 28M params, ctx 1024; the target model",
+        description="Llama 8 x 512 (GQA 8/4), 23M params, ctx 1024; the target model",
         model=ModelShape(
-            hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408
+            hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1024
         ),
         train=TrainConfig(
-            batch_size=4, grad_accum=2, max_steps=1500, lr=2e-3, warmup_steps=100,
-            eval_interval=100, checkpoint_interval=50, compile=True,
+            batch_size=4, grad_accum=2, max_steps=300, lr=2e-3, warmup_steps=30,
+            eval_interval=50, checkpoint_interval=25, compile=True,
         ),
     )
 
@@ -38,8 +41,8 @@ def ember_draft_a() -> Recipe:
             hidden_size=192, num_layers=4, num_heads=3, num_kv_heads=1, intermediate_size=512
         ),
         train=TrainConfig(
-            batch_size=8, grad_accum=1, max_steps=3000, lr=3e-3, warmup_steps=100,
-            eval_interval=250, checkpoint_interval=250, compile=True, seed=1,
+            batch_size=8, grad_accum=1, max_steps=700, lr=3e-3, warmup_steps=50,
+            eval_interval=100, checkpoint_interval=100, compile=True, seed=1,
         ),
     )
 
@@ -54,8 +57,8 @@ def ember_draft_b() -> Recipe:
             hidden_size=256, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=704
         ),
         train=TrainConfig(
-            batch_size=8, grad_accum=1, max_steps=3000, lr=3e-3, warmup_steps=100,
-            eval_interval=250, checkpoint_interval=250, compile=True, seed=2,
+            batch_size=8, grad_accum=1, max_steps=700, lr=3e-3, warmup_steps=50,
+            eval_interval=100, checkpoint_interval=100, compile=True, seed=2,
         ),
     )
 

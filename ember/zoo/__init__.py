@@ -1,4 +1,8 @@
-"""Built-in models, addressable by name wherever a model path is accepted."""
+"""Built-in models, addressable by name wherever a model path is accepted.
+
+Two kinds: the trained family shipped inside this package (``ember-tiny`` and its drafts,
+each an HF checkpoint folder beside this file with a model card), and random-weight models
+written on first use (``debug-*``, ``bench-*``) for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -10,10 +14,18 @@ from pathlib import Path
 from typing import Callable
 
 
+ZOO_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL = "ember-tiny"
+
+
 @dataclass(frozen=True)
 class BuiltinModel:
     description: str
-    materialize: Callable[[Path], Path]  # writes the HF checkpoint into a folder, returns it
+    materialize: Callable[[Path], Path] | None = None  # writes a checkpoint folder; None = shipped
+
+    def shipped_path(self, name: str) -> Path | None:
+        path = ZOO_DIR / name
+        return path if self.materialize is None and (path / "model.safetensors").exists() else None
 
 
 def _debug(arch: str, **overrides) -> Callable[[Path], Path]:
@@ -34,6 +46,9 @@ _BENCH_LLAMA = dict(
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "ember-tiny": BuiltinModel("Llama 8x512, 23M params, trained by Ember on Python's stdlib (the default)"),
+    "ember-draft-a": BuiltinModel("Llama 4x192, 3M params, draft of ember-tiny for speculative decoding"),
+    "ember-draft-b": BuiltinModel("Llama 2x256, 4M params, second draft (another shape and seed)"),
     "debug-llama": BuiltinModel("random-weight tiny Llama (smoke tests; output is gibberish)", _debug("llama")),
     "debug-opt": BuiltinModel("random-weight tiny OPT (smoke tests; output is gibberish)", _debug("opt")),
     "bench-llama": BuiltinModel("random-weight ~7M Llama for cache benchmarks", _debug("llama", **_BENCH_LLAMA)),
@@ -51,6 +66,13 @@ def resolve_model(model: str) -> str:
     entry = BUILTIN_MODELS.get(model)
     if entry is None or os.path.isdir(model):
         return model
+    if entry.materialize is None:
+        path = entry.shipped_path(model)
+        if path is None:
+            from ember.errors import ModelLoadError
+
+            raise ModelLoadError(f"built-in model {model!r} is not shipped in this installation ({ZOO_DIR / model})")
+        return str(path)
     target = cache_dir() / "models" / model
     if not (target / "config.json").exists():
         # NOTE: written beside and renamed, so a crash or a concurrent writer never leaves
@@ -63,3 +85,8 @@ def resolve_model(model: str) -> str:
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)  # another writer won the race
     return str(target)
+
+
+def default_model() -> str | None:
+    """The model commands use when none is given: ``ember-tiny`` where it is shipped."""
+    return DEFAULT_MODEL if BUILTIN_MODELS[DEFAULT_MODEL].shipped_path(DEFAULT_MODEL) else None
