@@ -16,20 +16,12 @@ from pathlib import Path
 
 from ember.errors import InvalidInputError
 from ember.train.corpus import Corpus
+from ember.models.tokenizer import CHATML_TEMPLATE
 
 EOS_TOKEN = "<|endoftext|>"  # end of a document, document separator, and BOS
 SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
 MAX_VOCAB_SIZE = 65536  # token ids are cached as uint16
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -84,7 +76,7 @@ def save_tokenizer(tokenizer, path: str | Path, *, model_max_length: int) -> Pat
         "add_bos_token": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": CHATML_TEMPLATE,
     }
     _write_json(path / "tokenizer_config.json", config)
     return path

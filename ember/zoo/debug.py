@@ -17,19 +17,11 @@ import torch
 
 from ember.models.config import ModelArchConfig
 from ember.models.registry import get_model_class
+from ember.models.tokenizer import CHATML_TEMPLATE
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>")
 TOKENIZER_VOCAB_SIZE = 384
 MAX_POSITIONS = 512
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 _CORPUS = '''
 The quick brown fox jumps over the lazy dog. A large language model reads a prompt one
@@ -134,7 +126,7 @@ def make_debug_checkpoint(
         "add_bos_token": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": hf_config["max_position_embeddings"],
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": CHATML_TEMPLATE,
     })
     return path
 
