@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ember.kvcache.cost_model import LatencyModel
 from ember.kvcache.interface import BaseKVCacheManager
-from ember.kvcache.manager import KVCacheManager
+from ember.kvcache.hash_manager import HashKVCacheManager
 from ember.kvcache.policies import make_policy
 from ember.kvcache.tree_manager import TreeKVCacheManager
 
@@ -14,7 +14,7 @@ def make_kv_cache_manager(
 ) -> BaseKVCacheManager:
     """``asym`` | ``lru`` | ``lfu`` (prefix tree), ``hash`` (vLLM-style), ``none`` (no reuse)."""
     if policy in ("hash", "none"):
-        return KVCacheManager(num_blocks=num_blocks, block_size=block_size, enable_caching=policy == "hash")
+        return HashKVCacheManager(num_blocks=num_blocks, block_size=block_size, enable_caching=policy == "hash")
     return TreeKVCacheManager(
         num_blocks=num_blocks,
         block_size=block_size,

@@ -12,7 +12,7 @@ from ember.kvcache.interface import BaseKVCacheManager, PrefixMatch
 _ROOT_HASH = 0
 
 
-class KVCacheManager(BaseKVCacheManager):
+class HashKVCacheManager(BaseKVCacheManager):
     def __init__(self, *, num_blocks: int, block_size: int, enable_caching: bool) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
