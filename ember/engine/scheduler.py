@@ -36,6 +36,7 @@ class Scheduler:
         self.kv_cache = kv_cache
         self.budget_fn = budget_fn
         self.waiting: deque[Request] = deque()
+        kv_cache.observe_queue(self.waiting)
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0

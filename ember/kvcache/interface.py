@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ember.engine.request import Request
 
@@ -91,3 +91,6 @@ class BaseKVCacheManager(ABC):
 
     def reset_prefix_cache(self) -> None:
         """Forget cached KV that no request holds."""
+
+    def observe_queue(self, waiting: Sequence[Request]) -> None:
+        """Let eviction see the waiting queue (a live view; the scheduler owns it)."""

@@ -26,11 +26,13 @@ class BaseEvictionPolicy(ABC):
     allows_holes: bool
 
     @abstractmethod
-    def select(self, tree: PrefixTree, num_blocks: int) -> list[TreeNode]:
+    def select(self, tree: PrefixTree, num_blocks: int, upcoming: dict[int, int] | None = None) -> list[TreeNode]:
         """Up to ``num_blocks`` unreferenced cached nodes to evict now, best victims first.
 
-        May return fewer (then the caller asks again: evicting leaves exposes new leaves),
-        and returns an empty list only when nothing can be evicted."""
+        ``upcoming`` maps ``node_id`` to the queue position of the first waiting request
+        that will reuse the node (policies may ignore it). May return fewer (then the caller
+        asks again: evicting leaves exposes new leaves), and returns an empty list only when
+        nothing can be evicted."""
 
 
 class LRUPolicy(BaseEvictionPolicy):
@@ -41,7 +43,7 @@ class LRUPolicy(BaseEvictionPolicy):
         # NOTE: on equal recency the deeper block goes first, so a prefix outlives its tail.
         return (node.last_access, -node.depth)
 
-    def select(self, tree: PrefixTree, num_blocks: int) -> list[TreeNode]:
+    def select(self, tree: PrefixTree, num_blocks: int, upcoming: dict[int, int] | None = None) -> list[TreeNode]:
         leaves = (n for n in tree.nodes() if n.is_evictable and n.is_leaf)
         return heapq.nsmallest(num_blocks, leaves, key=self.key)
 
@@ -56,8 +58,11 @@ class LFUPolicy(LRUPolicy):
 class AsymPolicy(BaseEvictionPolicy):
     """Evict the unreferenced blocks of lowest ``reuse x recompute cost``.
 
-    reuse: ``(1 + hits) / (1 + age)``, age in tree ticks (one per lookup) since last use —
-    frequency over recency, as in Pensieve's cost/idle-time retention value.
+    reuse: known where the waiting queue says so — a block that a queued request will match
+    is kept over any block none will, and among those, the one needed latest goes first
+    (Belady's rule over the visible future, as CachedAttention's scheduler-aware eviction);
+    elsewhere estimated as ``(1 + hits) / (1 + age)``, age in tree ticks (one per lookup)
+    since last use — frequency over recency, as Pensieve's cost / idle-time retention value.
     cost: the latency model's time to recompute the block's tokens at its position."""
 
     name = "asym"
@@ -70,11 +75,16 @@ class AsymPolicy(BaseEvictionPolicy):
         reuse = (1 + node.hit_count) / (1 + clock - node.last_access)
         return reuse * self.recompute_cost(node.depth * block_size, block_size)
 
-    def select(self, tree: PrefixTree, num_blocks: int) -> list[TreeNode]:
+    def select(self, tree: PrefixTree, num_blocks: int, upcoming: dict[int, int] | None = None) -> list[TreeNode]:
+        upcoming = upcoming or {}
+
+        def key(node: TreeNode):
+            rank = upcoming.get(node.node_id)
+            value = self.value(node, tree.clock, tree.block_size)
+            return (0, 0, value) if rank is None else (1, -rank, value)
+
         candidates = (n for n in tree.nodes() if n.is_evictable)
-        return heapq.nsmallest(
-            num_blocks, candidates, key=lambda n: self.value(n, tree.clock, tree.block_size)
-        )
+        return heapq.nsmallest(num_blocks, candidates, key=key)
 
 
 def make_policy(name: str, recompute_cost: RecomputeCost) -> BaseEvictionPolicy:

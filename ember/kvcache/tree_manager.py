@@ -9,6 +9,8 @@ Blocks are in exactly one of three states:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from ember.engine.request import Request
 from ember.kvcache.interface import BaseKVCacheManager, PrefixMatch
 from ember.kvcache.policies import BaseEvictionPolicy
@@ -32,6 +34,7 @@ class TreeKVCacheManager(BaseKVCacheManager):
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
         self.num_evicted = 0
+        self._waiting: Sequence[Request] = ()
 
     # ---------------------------------------------------------------- queries
     @property
@@ -127,6 +130,9 @@ class TreeKVCacheManager(BaseKVCacheManager):
         self.free_list.extend(reversed(private))
         self._num_offered.pop(rid, None)
 
+    def observe_queue(self, waiting: Sequence[Request]) -> None:
+        self._waiting = waiting
+
     def reset_prefix_cache(self) -> None:
         self._evict(self.num_blocks)
 
@@ -138,10 +144,20 @@ class TreeKVCacheManager(BaseKVCacheManager):
                 return None
         return [self.free_list.pop() for _ in range(num)]
 
+    def _upcoming(self) -> dict[int, int]:
+        """node_id -> position in the waiting queue of the first request that will match it."""
+        upcoming: dict[int, int] = {}
+        for rank, request in enumerate(self._waiting):
+            token_ids = request.all_token_ids
+            for node in self.tree.match(token_ids, (len(token_ids) - 1) // self.block_size):
+                upcoming.setdefault(node.node_id, rank)
+        return upcoming
+
     def _evict(self, num: int) -> None:
         freed = 0
+        upcoming = self._upcoming() if self._waiting else None
         while freed < num:
-            victims = self.policy.select(self.tree, num - freed)
+            victims = self.policy.select(self.tree, num - freed, upcoming)
             if not victims:
                 return
             for node in victims:

@@ -90,3 +90,40 @@ def test_lru_never_leaves_holes_and_asym_may():
         if expect_holes:
             assert match.holes == [(0, BLOCK)] and match.num_tokens == len(prompt)
         manager.check_integrity(set())
+
+
+def cache_prompt(manager, rid: str, prompt: list[int]) -> None:
+    req = Request(request_id=rid, prompt_token_ids=prompt, sampling_params=SamplingParams())
+    match = manager.match_prefix(req)
+    req.num_computed_tokens = match.num_tokens
+    assert manager.allocate_slots(req, req.num_tokens - match.num_tokens, match)
+    req.num_computed_tokens = req.num_tokens
+    manager.cache_computed_blocks(req)
+    manager.free(req)
+
+
+def test_asym_keeps_what_the_waiting_queue_will_reuse():
+    """Three cached prompts, oldest first A, B, C; the queue holds a request for A, then one
+    for C. Evicting keeps A and C's blocks over B's (nobody waits for it), then lets C's go
+    before A's (needed later). LRU, blind to the queue, evicts A's first."""
+    prompts = {name: [i * 10 + t for t in range(6)] + [99] for i, name in enumerate("ABC")}
+    for policy, first_victim in (("asym", "B"), ("lru", "A")):
+        # 3 full blocks + 1 partial each: 12 blocks hold all three without eviction
+        manager = make_kv_cache_manager(policy, num_blocks=12, block_size=BLOCK, latency_model=MODEL)
+        for name in "ABC":
+            cache_prompt(manager, name, prompts[name])
+        queue = [
+            Request(request_id=f"q{name}", prompt_token_ids=prompts[name] + [7], sampling_params=SamplingParams())
+            for name in "AC"
+        ]
+        manager.observe_queue(queue)
+        blocks_of = {name: set(manager.tree.match(prompts[name], 3)) for name in "ABC"}
+        assert all(blocks_of[name] for name in "ABC")
+        victims = manager.policy.select(manager.tree, 3, manager._upcoming())
+        assert victims and victims[0] in blocks_of[first_victim], policy
+        if policy == "asym":
+            manager._evict(3)
+            manager._evict(1)  # B is gone; next to go is C's (queued second), not A's
+            assert all(n.is_cached for n in manager.tree.match(prompts["A"], 3))
+            assert not all(n.is_cached for n in manager.tree.match(prompts["C"], 3))
+        manager.check_integrity(set())
