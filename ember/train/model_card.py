@@ -38,7 +38,13 @@ def evaluate(model_dir: Path, val_tokens, *, target_dir: Path | None = None, seq
     return result
 
 
-def write_card(model_dir: Path, *, name: str, command: str, figures: dict) -> Path:
+def last_train_loss(run_dir: Path) -> float:
+    """The last logged training loss of a run (its ``metrics.jsonl``)."""
+    losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return next(m["loss"] for m in reversed(losses) if "loss" in m)
+
+
+def write_card(model_dir: Path, *, name: str, command: str, figures: dict, train_loss: float) -> Path:
     info = json.loads((model_dir / "ember_train.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
     params = sum(t.numel() for t in load_model(str(model_dir), device="meta").module.parameters())
@@ -56,8 +62,8 @@ def write_card(model_dir: Path, *, name: str, command: str, figures: dict) -> Pa
         f"| context | {config['max_position_embeddings']} tokens |",
         f"| training command | `{command}` |",
         f"| steps | {info.get('step')} |",
-        f"| tokens seen | {info.get('tokens_seen', 0) / 1e6:.2f} M |",
-        f"| final train loss | {info.get('train_loss', float('nan')):.3f} |",
+        f"| tokens seen | {info.get('tokens_seen', 0) / 1e6:.2f} M ({info.get('train_seconds', 0) / 60:.0f} min) |",
+        f"| final train loss (last logged step) | {train_loss:.3f} |",
         f"| validation loss / perplexity (measured here) | {figures['val_loss']:.3f} / {figures['val_ppl']:.1f} "
         f"({figures['val_tokens']} tokens) |",
     ]
@@ -74,16 +80,16 @@ def write_card(model_dir: Path, *, name: str, command: str, figures: dict) -> Pa
 
 
 def main(argv: list[str]) -> int:
-    """python -m ember.train.model_card NAME MODEL_DIR 'COMMAND' [TARGET_DIR]"""
+    """python -m ember.train.model_card NAME MODEL_DIR RUN_DIR 'COMMAND' [TARGET_DIR]"""
     from ember.train.recipes import get_recipe
     from ember.train.run import RunOptions, prepare_data
 
-    name, model_dir, command = argv[0], Path(argv[1]), argv[2]
-    target_dir = Path(argv[3]) if len(argv) > 3 else None
+    name, model_dir, run_dir, command = argv[0], Path(argv[1]), Path(argv[2]), argv[3]
+    target_dir = Path(argv[4]) if len(argv) > 4 else None
     data = prepare_data(get_recipe("ember-tiny"), RunOptions(out_dir=Path("/tmp/ember-card-prep")))
     figures = evaluate(model_dir, data.tokens["val"], target_dir=target_dir)
     print(json.dumps(figures, indent=2))
-    print(write_card(model_dir, name=name, command=command, figures=figures))
+    print(write_card(model_dir, name=name, command=command, figures=figures, train_loss=last_train_loss(run_dir)))
     return 0
 
 
