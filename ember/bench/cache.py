@@ -131,11 +131,11 @@ def bench_workloads(*, vocab_size: int, seed: int, scale: float = 1.0) -> list[W
     n = lambda x: max(1, round(x * scale))  # noqa: E731
     chat = multi_turn_workload(n(64), num_turns=4, input_len=96, output_len=24, vocab_size=vocab_size, seed=seed)
     agent = agent_workload(
-        n(64), num_turns=4, system_len=768, input_len=48, tool_result_len=96, output_len=24,
+        n(96), num_turns=3, system_len=768, input_len=48, tool_result_len=96, output_len=24,
         tool_latency_s=0.05, vocab_size=vocab_size, seed=seed + 1,
     )
     docs = shared_prefix_workload(
-        n(48), num_groups=4, prefix_len=768, input_len=32, output_len=16, vocab_size=vocab_size, seed=seed + 2
+        n(64), num_groups=8, prefix_len=768, input_len=32, output_len=16, vocab_size=vocab_size, seed=seed + 2
     )
     return [chat, agent, Workload("documents", docs.requests)]
 
