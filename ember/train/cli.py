@@ -26,6 +26,8 @@ _RUN_FLAGS = (
     ("--export-dir", "where to write the HF checkpoint (default: <out>/hf)"),
     ("--cache-dir", "corpus/tokenizer/token cache (default: $EMBER_CACHE/train)"),
     ("--distill-from", "teacher HF checkpoint: add the KL to its distribution to the loss"),
+    ("--plan", "hybrid-parallel plan JSON (`ember plan`); run under torchrun, one rank per "
+               "device of the plan"),
 )
 _RUN_SWITCHES = (
     ("--resume", "continue from the newest checkpoint in --out"),
@@ -87,6 +89,11 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+    if args.plan and not args.prepare_only:
+        from ember.train.dist_run import run_planned
+
+        run_planned(recipe, options, Path(args.plan).expanduser())
+        return 0
     if args.prepare_only:
         data = prepare_data(recipe, options)
         num_tokens = {s: int(a.size) for s, a in data.tokens.items()}
