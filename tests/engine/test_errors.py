@@ -75,10 +75,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_requires_a_model():
-    result = run_cli("generate", "hello")
+def test_cli_requires_a_prompt():
+    result = run_cli("generate", "--model", "debug-llama")
     assert result.returncode == 1
-    assert "--model is required" in result.stderr and "Traceback" not in result.stderr
+    assert "PROMPT" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_reports_a_missing_model_without_traceback(tmp_path):
