@@ -46,6 +46,21 @@ def _slowest(value: float) -> float:
     return float(t)
 
 
+def _interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each ``fns[k]()`` (slowest rank), timed in turns (one call of each
+    per repeat) so that a burst of outside load hits every variant alike: what matters is
+    their difference."""
+    samples: dict = {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        for key, fn in fns.items():
+            dist.barrier()
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                samples[key].append(time.perf_counter() - start)
+    return {k: _slowest(statistics.median(v)) for k, v in samples.items()}
+
+
 def _fwd_bwd(fn, grad, repeats: int, warmup: int = 2) -> tuple[float, float]:
     fwd, bwd = [], []
     for i in range(warmup + repeats):
@@ -189,13 +204,13 @@ def _zero_overhead(spec: dict, depth: int = 4) -> dict[str, dict[int, float]]:
     world, repeats = dist.get_world_size(), int(spec["repeats"])
     shape = ModelShape(**{**spec["shape"], "num_layers": depth})
     seq = int(spec["seq_len"])
-    batch = max(int(b) for b in spec["batch_sizes"])
+    batch = min(max(int(b) for b in spec["batch_sizes"]), 4)  # overheads barely depend on it
     out: dict[str, dict[int, float]] = {"zero2": {}, "zero3": {}}
     g = 2
     while g <= world:
         mesh = DeviceMesh("cpu", torch.arange(world).reshape(world // g, g),
                           mesh_dim_names=("rep", "dp"))["dp"]  # fmt: skip
-        times = {}
+        steps = {}
         for kind in ("ddp", "zero2", "zero3"):
             model = build_model(shape, vocab_size=int(spec["vocab_size"]), bos_token_id=0,
                                 eos_token_id=0, seed=0)  # fmt: skip
@@ -208,14 +223,14 @@ def _zero_overhead(spec: dict, depth: int = 4) -> dict[str, dict[int, float]]:
             h = torch.randn(batch, seq, shape.hidden_size, requires_grad=True)
             grad = torch.randn(batch, seq, shape.hidden_size)
 
-            def stack(layers=layers, cos=cos, sin=sin, h=h):
+            def step(layers=layers, cos=cos, sin=sin, h=h, grad=grad):
                 x = h
                 for layer in layers:
                     x = layer(x, cos, sin, None, None)
-                return x
+                x.backward(grad)
 
-            fwd, bwd = _fwd_bwd(stack, grad, repeats)
-            times[kind] = fwd + bwd
+            steps[kind] = step
+        times = _interleaved(steps, repeats)
         for kind in ("zero2", "zero3"):
             out[kind][g] = max(times[kind] - times["ddp"], 0.0) / depth
         _progress(f"FSDP2 overhead per layer over groups of {g}: "
@@ -235,7 +250,7 @@ def _ddp_overhead(spec: dict, depth: int = 4) -> dict[int, float]:
     world, repeats = dist.get_world_size(), int(spec["repeats"])
     shape = ModelShape(**{**spec["shape"], "num_layers": depth})
     seq = int(spec["seq_len"])
-    batch = max(int(b) for b in spec["batch_sizes"]) // 2 or 1
+    batch = min(max(int(b) for b in spec["batch_sizes"]), 4)
     model = build_model(shape, vocab_size=int(spec["vocab_size"]), bos_token_id=0,
                         eos_token_id=0, seed=0)  # fmt: skip
     layers = list(model.decoder_layers)
@@ -255,14 +270,16 @@ def _ddp_overhead(spec: dict, depth: int = 4) -> dict[int, float]:
         for p in model.parameters():
             p.grad = None
 
-    plain = _timed(lambda: step(None), repeats)
     out, g = {}, 2
     while g <= world:
         group = [dist.new_group(list(range(b, b + g))) for b in range(0, world, g)]
         sync = GradSync()
         for layer in layers:
             sync.add_bucket(list(layer.parameters()), group[dist.get_rank() // g])
-        out[g] = max(_timed(lambda sync=sync: step(sync), repeats) - plain, 0.0) / depth
+        times = _interleaved({"plain": lambda: step(None), "sync": lambda s=sync: step(s)},
+                             repeats)  # fmt: skip
+        sync.detach()
+        out[g] = max(times["sync"] - times["plain"], 0.0) / depth
         _progress(f"DDP sync per layer over groups of {g}: {out[g] * 1e3:.2f} ms")
         g *= 2
     return out
@@ -343,15 +360,16 @@ def _overlap(repeats: int) -> float:
 
 
 def _compute_slowdown(repeats: int) -> dict[int, float]:
-    """Compute time when k ranks compute at once, over the time of one alone."""
+    """Compute time when k ranks compute at once, over the time of one alone (timed in
+    turns, so outside load hits every k alike)."""
     world, rank = dist.get_world_size(), dist.get_rank()
-    out, base, k = {}, None, 1
+    counts, k = [], 1
     while k <= world:
-        t = _timed(lambda k=k: _busy() if rank < k else None, repeats)
-        base = base or t
-        out[k] = t / base
+        counts.append(k)
         k *= 2
-    return out
+    times = _interleaved({k: (lambda k=k: _busy() if rank < k else None) for k in counts},
+                         2 * repeats)  # fmt: skip
+    return {k: times[k] / times[1] for k in counts}
 
 
 def _progress(message: str) -> None:

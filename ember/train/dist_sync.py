@@ -35,10 +35,19 @@ class GradSync:
         """``group`` None (a data-parallel degree of one) = nothing to reduce."""
         if group is None or dist.get_world_size(group) == 1 or not params:
             return
-        bucket = {"params": params, "group": group, "count": 0, "work": None, "flat": None}
+        bucket = {"params": params, "group": group, "count": 0, "work": None, "flat": None,
+                  "hooks": []}  # fmt: skip
         for p in params:
-            p.register_post_accumulate_grad_hook(lambda _p, b=bucket: self._on_grad(b))
+            hook = p.register_post_accumulate_grad_hook(lambda _p, b=bucket: self._on_grad(b))
+            bucket["hooks"].append(hook)
         self._buckets.append(bucket)
+
+    def detach(self) -> None:
+        """Remove the gradient hooks (the parameters stop being synced)."""
+        for bucket in self._buckets:
+            for hook in bucket["hooks"]:
+                hook.remove()
+        self._buckets = []
 
     def add_tie(self, param: nn.Parameter, group: dist.ProcessGroup) -> None:
         """``param`` is one copy of a weight shared across stages; sum its gradient with the
