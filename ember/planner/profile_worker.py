@@ -392,10 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         result = measure_layer(spec) if args.task == "layer" else measure_hardware(spec)
         if dist.get_rank() == 0:
             Path(args.out).write_text(json.dumps(result) + "\n")
+        dist.barrier()  # leave together: a rank that tears down early aborts a busy peer
     finally:
         dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ember.train.dist_mesh import exit_rank
+
+    exit_rank(main())

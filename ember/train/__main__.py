@@ -1,8 +1,14 @@
-"""`python -m ember.train ...` is `ember train ...`."""
+"""`python -m ember.train ...` is `ember train ...` (also as a torchrun rank)."""
 
+import os
 import sys
 
 from ember.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    code = main(["train", *sys.argv[1:]])
+    if "RANK" in os.environ:  # a launched rank: skip the finalization that can abort gloo
+        from ember.train.dist_mesh import exit_rank
+
+        exit_rank(code)
+    sys.exit(code)

@@ -198,4 +198,6 @@ def launch_local(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ember.train.dist_mesh import exit_rank
+
+    exit_rank(main())

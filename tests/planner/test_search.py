@@ -4,7 +4,7 @@ import random
 import time
 
 import pytest
-from conftest import random_profiles
+from planner_instances import random_profiles
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -31,14 +31,3 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # NOTE: one cache per session, so tokenizers and token arrays are built once for all tests
     # but never land in the user's ~/.cache.
     monkeypatch.setenv("EMBER_CACHE", str(tmp_path_factory.getbasetemp() / "ember-cache"))
-
-
-def micro_recipe(**overrides):
-    from ember.train.recipes import ember_debug
-
-    settings = {
-        "seq_len": 32, "batch_size": 2, "max_steps": 8, "warmup_steps": 2, "eval_interval": 4,
-        "eval_tokens": 256, "checkpoint_interval": 4, "vocab_size": 320, "val_fraction": 0.3,
-    }
-    settings.update(overrides)
-    return ember_debug().replace_train(**settings)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import micro_recipe
+from train_recipes import micro_recipe
 
 from ember.errors import InvalidInputError
 from ember.train.config import ModelShape

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import micro_recipe
+from train_recipes import micro_recipe
 
 from ember.models.loader import load_model
 from ember.train.run import RunOptions, run_training

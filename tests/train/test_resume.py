@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import micro_recipe
+from train_recipes import micro_recipe
 
 from ember.errors import InvalidInputError
 from ember.train.checkpoint import list_checkpoints, load_checkpoint
