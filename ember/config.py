@@ -63,7 +63,28 @@ class EngineConfig:
         default=False,
         metadata={"help": "torch.compile the decoder layers and the decode attention (slower start, faster steps)"},
     )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "tensor-parallel ranks (one worker process each; splits heads, MLP and vocab)"}
+    )
+    pipeline_parallel_size: int = field(
+        default=1, metadata={"help": "pipeline stages (one worker process per rank; splits the layers)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for requests without their own"})
+    speculative_models: str | tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "SpecInfer proposers, comma-separated: draft models (names or paths, "
+                          "trees merged in this order) and/or 'ngram' (prompt lookup)"},
+    )  # fmt: skip
+    speculative_expansion: str | tuple[int, ...] = field(
+        default=(1, 1, 1, 1),
+        metadata={"help": "draft-model tree: children per depth, e.g. 2,2,1,1 (1,1,... is a chain)"},
+    )
+    ngram_max_n: int = field(default=4, metadata={"help": "ngram proposer: longest n-gram matched"})
+    ngram_num_tokens: int = field(default=5, metadata={"help": "ngram proposer: tokens proposed per match"})
+    ngram_branches: int = field(default=1, metadata={"help": "ngram proposer: distinct continuations (a tree when > 1)"})
+    speculative_max_batch_size: int = field(
+        default=4, metadata={"help": "speculate only while at most this many requests run"}
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model", self.model, "a model path or id is required")
@@ -81,6 +102,9 @@ class EngineConfig:
             self.max_model_len,
             "must be >= 1",
         )
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value, "must be an integer >= 1")
         _require(self.max_num_seqs >= 1, "max_num_seqs", self.max_num_seqs, "must be >= 1")
         _require(
             self.max_num_batched_tokens >= 1,
@@ -105,6 +129,32 @@ class EngineConfig:
             self.attention_backend,
             "must be 'paged' or 'reference'",
         )
+        self._normalize_speculation()
+
+    def _normalize_speculation(self) -> None:
+        models = self.speculative_models
+        if isinstance(models, str):
+            models = [m.strip() for m in models.split(",") if m.strip()]
+        models = tuple(models or ())
+        _require(all(isinstance(m, str) and m for m in models), "speculative_models", models, "must be names or paths")
+        _require(len(set(models)) == len(models), "speculative_models", models, "lists a proposer twice")
+        object.__setattr__(self, "speculative_models", models or None)
+        expansion = self.speculative_expansion
+        try:
+            if isinstance(expansion, str):
+                expansion = [int(k) for k in expansion.split(",")]
+            expansion = tuple(int(k) for k in expansion)
+        except (TypeError, ValueError):
+            expansion = ()
+        _require(
+            bool(expansion) and all(k >= 1 for k in expansion) and len(expansion) <= 16,
+            "speculative_expansion",
+            self.speculative_expansion,
+            "must be 1 to 16 positive widths, e.g. 2,2,1,1",
+        )
+        object.__setattr__(self, "speculative_expansion", expansion)
+        for name in ("ngram_max_n", "ngram_num_tokens", "ngram_branches", "speculative_max_batch_size"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":

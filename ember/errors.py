@@ -16,3 +16,8 @@ class InvalidInputError(EmberError, ValueError):
 
 class ModelLoadError(EmberError):
     """A model that cannot be found, read or built."""
+
+
+class WorkerError(EmberError):
+    """A tensor/pipeline-parallel worker process died or failed; its instance cannot run
+    further steps (in-flight requests fail with this error)."""

@@ -6,6 +6,8 @@ request's blocks along dim 1 yields, for every (request, head), one contiguous
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # K and V
@@ -34,6 +36,18 @@ def write_kv(kv_cache: KVCache, slot_mapping: torch.Tensor, k: torch.Tensor, v: 
     for cache, new in zip(kv_cache, (k, v)):
         heads, _, _, dim = cache.shape
         cache.view(heads, -1, dim).index_copy_(1, slot_mapping, new.transpose(0, 1).to(cache.dtype))
+
+
+def copy_slots(kv_caches: list[KVCache], src: torch.Tensor, dst: torch.Tensor) -> None:
+    """Copy K and V of every layer from slots ``src`` to slots ``dst`` (``[n]`` long).
+
+    All sources are read before any destination is written: the same as copying one after
+    another whenever no destination is a later move's source (true of speculation's commit
+    moves, ``ember.spec.verify.kv_commit_moves``)."""
+    for cache in itertools.chain.from_iterable(kv_caches):
+        heads, _, _, dim = cache.shape
+        flat = cache.view(heads, -1, dim)
+        flat[:, dst] = flat[:, src]
 
 
 def head_block_index(block_ids: torch.Tensor, num_kv_heads: int, num_blocks: int) -> torch.Tensor:

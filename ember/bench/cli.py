@@ -22,13 +22,19 @@ def register(subparsers) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=True,
         help="also run Ember with --compile (torch.compile)",
     )
+    offline.add_argument("--device", default="cpu", help="torch device for every system (cuda: rank r uses cuda:r)")
+    offline.add_argument("--tensor-parallel-size", type=int, default=1,
+                         help="> 1: also run Ember tensor-parallel (worker processes), side by side")
+    offline.add_argument("--pipeline-parallel-size", type=int, default=1,
+                         help="> 1: also run Ember pipeline-parallel, side by side")
     offline.add_argument("--out", default="bench_out/offline.json", help="JSON results file")
     offline.set_defaults(func=run_offline)
 
-    from ember.bench import cache_cli, serve_cli
+    from ember.bench import cache_cli, serve_cli, spec_cli
 
     serve_cli.add_parser(kinds)
     cache_cli.add_parsers(kinds)
+    spec_cli.add_parser(kinds)
 
 
 def run_offline(args: argparse.Namespace) -> int:
@@ -45,10 +51,13 @@ def run_offline(args: argparse.Namespace) -> int:
         batch1_prompt_len=args.batch1_prompt_len,
         seed=args.seed,
         compile=args.compile,
+        device=args.device,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
     )
     payload = run_offline_bench(cfg)
     payload["machine"] = machine_info()
-    systems = ["ember"] + (["ember-compiled"] if cfg.compile else [])
+    systems = ["ember"] + (["ember-compiled"] if cfg.compile else []) + [n for n in [cfg.distributed_name] if n]
     columns = ["workload", "prompts", "new tokens each", "hf tok/s"]
     for system in systems:
         columns += [f"{system} tok/s", f"{system} / hf", f"{system} agreement"]

@@ -43,6 +43,15 @@ class OfflineBenchConfig:
     batch1_prompt_len: int = 64
     compile: bool = True  # also run Ember with torch.compile
     seed: int = 0
+    device: str = "cpu"
+    tensor_parallel_size: int = 1  # > 1 (or pp > 1): also run Ember distributed, side by side
+    pipeline_parallel_size: int = 1
+
+    @property
+    def distributed_name(self) -> str | None:
+        if self.tensor_parallel_size * self.pipeline_parallel_size == 1:
+            return None
+        return f"ember-tp{self.tensor_parallel_size}-pp{self.pipeline_parallel_size}"
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -70,11 +79,21 @@ def make_prompts(cfg: OfflineBenchConfig, vocab_size: int) -> list[list[int]]:
 
 
 def run_ember(
-    path: str, dtype: str, prompts: list[list[int]], output_len: int, *, compile: bool = False
+    path: str, dtype: str, prompts: list[list[int]], output_len: int, *, compile: bool = False,
+    device: str = "cpu", **parallel,
 ) -> tuple[float, list[list[int]]]:
-    from ember import LLM, SamplingParams
+    from ember import LLM
 
-    llm = LLM(path, dtype=dtype, compile=compile)
+    llm = LLM(path, dtype=dtype, compile=compile, device=device, **parallel)
+    try:
+        return _timed_generate(llm, prompts, output_len)
+    finally:
+        llm.close()
+
+
+def _timed_generate(llm, prompts: list[list[int]], output_len: int) -> tuple[float, list[list[int]]]:
+    from ember import SamplingParams
+
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     # NOTE: warm-up covers the step shapes a run meets (several prefills, batched and
     # single decodes), so that compilation stays out of the timed part.
@@ -87,16 +106,19 @@ def run_ember(
     return elapsed, [o.outputs[0].token_ids for o in outputs]
 
 
-def run_hf(path: str, dtype: str, prompts: list[list[int]], output_len: int) -> tuple[float, list[list[int]]]:
+def run_hf(
+    path: str, dtype: str, prompts: list[list[int]], output_len: int, *, device: str = "cpu"
+) -> tuple[float, list[list[int]]]:
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype)).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype)).eval().to(device)
     width = max(len(p) for p in prompts)
     input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
     attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
     for i, p in enumerate(prompts):  # left padding, as decoder-only generation requires
         input_ids[i, width - len(p) :] = torch.tensor(p)
         attention_mask[i, width - len(p) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.inference_mode():
         model.generate(input_ids[:1, -8:], max_new_tokens=4, min_new_tokens=4, **kwargs)
@@ -122,10 +144,14 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 def self_systems(cfg: OfflineBenchConfig):
     """The systems run side by side, HF last."""
-    systems = [("ember", run_ember)]
+    ember = functools.partial(run_ember, device=cfg.device)
+    systems = [("ember", ember)]
     if cfg.compile:
-        systems.append(("ember-compiled", functools.partial(run_ember, compile=True)))
-    return systems + [("hf", run_hf)]
+        systems.append(("ember-compiled", functools.partial(ember, compile=True)))
+    if cfg.distributed_name:
+        parallel = dict(tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size)
+        systems.append((cfg.distributed_name, functools.partial(ember, **parallel)))
+    return systems + [("hf", functools.partial(run_hf, device=cfg.device))]
 
 
 def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:

@@ -49,6 +49,7 @@ class EngineStats:
     prefix_cache_hit_tokens: int = 0
     num_steps: int = 0
     num_preemptions: int = 0
+    speculation: dict | None = None  # SpecStats.to_dict() when speculating
 
 
 # Commands: plain values carrying ids; applying one twice is harmless.
@@ -337,6 +338,7 @@ class AsyncLLMEngine:
             prefix_cache_hit_tokens=getattr(kv, "num_hit_tokens", 0),
             num_steps=self._num_steps,
             num_preemptions=engine.scheduler.num_preemptions,
+            speculation=engine.speculator.stats.to_dict() if engine.speculator is not None else None,
         )
 
 

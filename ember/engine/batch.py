@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ember.spec.token_tree import SerializedTree
+
 
 @dataclass(frozen=True)
 class ScheduledRequest:
@@ -12,7 +14,11 @@ class ScheduledRequest:
 
     Prefill, chunked prefill, decode, recomputation after preemption and hole recomputation
     all take this shape: a hole's range comes before the new tokens. Keys are the request's
-    storage ``[0, kv_len)`` through ``block_ids``."""
+    storage ``[0, kv_len)`` through ``block_ids``.
+
+    A speculative step carries a ``tree`` instead (``ember.spec.token_tree``): its nodes are
+    the tokens, ``ranges`` is the one storage range they are written to, and positions are
+    context length + depth."""
 
     request_id: str
     token_ids: list[int]
@@ -20,6 +26,7 @@ class ScheduledRequest:
     block_ids: list[int]
     sample: bool  # sample a next token after the last one
     prompt_logits: bool = False  # return logits for every token (prompt logprobs)
+    tree: SerializedTree | None = None  # speculated tokens to verify (logits for every node)
 
     @property
     def num_tokens(self) -> int:
@@ -34,6 +41,8 @@ class ScheduledRequest:
         return self.ranges[-1][1]
 
     def positions(self) -> range | list[int]:
+        if self.tree is not None:
+            return self.tree.positions
         if len(self.ranges) == 1:
             return range(*self.ranges[0])
         return [p for start, end in self.ranges for p in range(start, end)]

@@ -13,6 +13,9 @@ from typing import Any, Union
 import torch
 
 from ember.config import EngineConfig
+from ember.distributed.executor import DistributedExecutor
+from ember.distributed.layout import ParallelLayout
+from ember.distributed.sharded_loader import load_checkpoint_info
 from ember.engine.output_processor import RequestGroup, SequenceState
 from ember.engine.outputs import RequestOutput
 from ember.engine.request import Request, RequestStatus
@@ -34,28 +37,45 @@ PromptType = Union[str, list[int], dict[str, Any]]
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        loaded = load_model(resolve_model(config.model), dtype=config.dtype, device=config.device)
-        self.model = loaded.module
+        layout = ParallelLayout(config.tensor_parallel_size, config.pipeline_parallel_size)
+        if layout.is_distributed:
+            # NOTE: the engine process holds no weights; each rank worker loads its shard.
+            loaded, dtype = load_checkpoint_info(resolve_model(config.model), dtype=config.dtype, device=config.device)
+            layout.check_model(loaded.config)
+        else:
+            loaded = load_model(resolve_model(config.model), dtype=config.dtype, device=config.device)
+            dtype = next(loaded.module.parameters()).dtype
+        self.model = loaded.module  # None when distributed
         self.arch = loaded.config
         self.tokenizer = loaded.tokenizer
         self.generation_config = loaded.generation_config
         self.device = torch.device(config.device)
-        dtype = next(self.model.parameters()).dtype
         self.max_model_len = min(
             config.max_model_len or self.arch.max_position_embeddings,
             self.arch.max_position_embeddings,
         )
         num_blocks = self._num_kv_blocks(dtype)
-        self.runner = ModelRunner(
-            self.model,
-            self.arch,
-            num_blocks=num_blocks,
-            block_size=config.block_size,
-            dtype=dtype,
-            device=self.device,
-            attention_backend=config.attention_backend,
-            compile=config.compile,
-        )
+        if layout.is_distributed:
+            self.runner = DistributedExecutor(
+                loaded.path,
+                layout,
+                num_blocks=num_blocks,
+                block_size=config.block_size,
+                dtype=dtype,
+                device=config.device,
+                attention_backend=config.attention_backend,
+            )
+        else:
+            self.runner = ModelRunner(
+                self.model,
+                self.arch,
+                num_blocks=num_blocks,
+                block_size=config.block_size,
+                dtype=dtype,
+                device=self.device,
+                attention_backend=config.attention_backend,
+                compile=config.compile,
+            )
         self.latency_model = load_latency_model(config, self.runner, self.arch, str(loaded.path), self.max_model_len)
         self.kv_cache = make_kv_cache_manager(
             config.cache_policy if config.enable_prefix_caching else "none",
@@ -83,6 +103,7 @@ class LLMEngine:
             budget_fn=budget_fn,
         )
         self.sampler = Sampler()
+        self.speculator = self._make_speculator(num_blocks) if config.speculative_models else None
         self.eos_token_ids = frozenset(loaded.eos_token_ids)
         self._groups: dict[str, RequestGroup] = {}
         self._sequences: dict[str, tuple[RequestGroup, SequenceState]] = {}
@@ -150,6 +171,8 @@ class LLMEngine:
         for seq in group.sequences:
             self.scheduler.abort(seq.request.request_id)
             self._sequences.pop(seq.request.request_id, None)
+            if self.speculator is not None:
+                self.speculator.release(seq.request.request_id)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._groups)
@@ -161,7 +184,8 @@ class LLMEngine:
     # --------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that progressed."""
-        batch = self.scheduler.schedule()
+        trees = self._propose() if self.speculator is not None else None
+        batch = self.scheduler.schedule(trees)
         if batch.is_empty:
             return []
         result = self.runner.run(batch)
@@ -169,17 +193,30 @@ class LLMEngine:
         sampled = self.sampler(result.logits, states)
         for rid, (first_pos, logits) in result.prompt_logits.items():
             self._record_prompt_logprobs(rid, first_pos, logits)
-        now = time.monotonic()
-        token_of = dict(zip(result.sample_ids, sampled.token_ids))
+        token_of: dict[str, int | list[int]] = dict(zip(result.sample_ids, sampled.token_ids))
         logprobs_of = dict(zip(result.sample_ids, sampled.logprobs))
+        if result.tree_logits:
+            token_of.update(self._verify(batch, trees, result.tree_logits))
+        now = time.monotonic()
+        num_before = {
+            item.request_id: self._sequences[item.request_id][1].request.num_output_tokens
+            for item in batch.requests
+            if item.request_id in self._sequences
+        }
         touched: dict[str, RequestGroup] = {}
         for request in self.scheduler.update(batch, token_of):
             group, seq = self._sequences[request.request_id]
             group.first_token_time = group.first_token_time or now
             request.first_token_time = request.first_token_time or now
-            stop = seq.add_token(token_of[request.request_id], logprobs_of[request.request_id])
-            if stop is not None and not request.is_finished:
-                self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED, stop_reason=stop)
+            first_new = num_before[request.request_id]
+            for k, token_id in enumerate(request.output_token_ids[first_new:]):
+                stop = seq.add_token(token_id, logprobs_of.get(request.request_id))
+                if stop is not None:
+                    # NOTE: a stop string inside a speculated run drops the tokens after it.
+                    del request.output_token_ids[first_new + k + 1 :]
+                    if not request.is_finished:
+                        self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED, stop_reason=stop)
+                    break
             if request.is_finished:
                 seq.finish()
             touched[group.request_id] = group
@@ -191,6 +228,12 @@ class LLMEngine:
             outputs.append(group.to_output())
         return outputs
 
+    def close(self) -> None:
+        """Stop the tensor/pipeline worker processes, if any (idempotent)."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
     def check_integrity(self) -> None:
         self.scheduler.check_integrity()
 
@@ -199,6 +242,52 @@ class LLMEngine:
         self._groups.pop(group.request_id, None)
         for seq in group.sequences:
             self._sequences.pop(seq.request.request_id, None)
+            if self.speculator is not None:
+                self.speculator.release(seq.request.request_id)
+
+    def _propose(self) -> dict:
+        sampling = {rid: seq.sampling for rid, (_, seq) in self._sequences.items()}
+        return self.speculator.propose(self.scheduler.running, sampling)
+
+    def _verify(self, batch, trees: dict, tree_logits: dict) -> dict[str, list[int]]:
+        """Verify the step's trees and commit the accepted paths' KV; tokens per request."""
+        items = [item for item in batch.requests if item.tree is not None and item.request_id in self._sequences]
+        sampling = {item.request_id: self._sequences[item.request_id][1].sampling for item in items}
+        verified = self.speculator.verify(items, trees, tree_logits, sampling)
+        moves = []
+        for item in items:
+            moves += self.speculator.commit_moves(item, trees[item.request_id], verified[item.request_id])
+        self.runner.copy_kv(moves)
+        return {rid: v.token_ids for rid, v in verified.items()}
+
+    def _make_speculator(self, num_blocks: int):
+        from ember.spec.draft import DraftModelProposer
+        from ember.spec.proposers import NgramConfig, NgramProposer
+        from ember.spec.speculator import Speculator
+
+        config, proposers, depth = self.config, [], 0
+        for i, name in enumerate(config.speculative_models):
+            if name == "ngram":
+                ngram = NgramConfig(max_n=config.ngram_max_n, num_tokens=config.ngram_num_tokens,
+                                    num_branches=config.ngram_branches)  # fmt: skip
+                proposers.append(NgramProposer(ngram, proposer_id=i))
+                depth = max(depth, ngram.num_tokens)
+                continue
+            draft = load_model(resolve_model(name), dtype=config.dtype, device=config.device)
+            if draft.config.vocab_size != self.arch.vocab_size:
+                raise InvalidInputError(
+                    f"speculative model {name!r} has vocabulary size {draft.config.vocab_size}, the "
+                    f"target {self.arch.vocab_size}: a draft must share the target's tokenizer",
+                    param="speculative_models",
+                )
+            runner = ModelRunner(draft.module, draft.config, num_blocks=num_blocks, block_size=config.block_size,
+                                 dtype=next(draft.module.parameters()).dtype, device=self.device,
+                                 attention_backend=config.attention_backend)  # fmt: skip
+            proposers.append(DraftModelProposer(runner, expansion=config.speculative_expansion,
+                                                vocab_size=self.arch.vocab_size, proposer_id=i, seed=config.seed))  # fmt: skip
+            depth = max(depth, len(config.speculative_expansion))
+        return Speculator(proposers, max_depth=depth, max_model_len=self.max_model_len,
+                          max_batch_size=config.speculative_max_batch_size)  # fmt: skip
 
     def _record_prompt_logprobs(self, seq_id: str, first_pos: int, logits: torch.Tensor) -> None:
         group, seq = self._sequences[seq_id]

@@ -6,7 +6,11 @@ prefix-cache hit may come with holes (evicted KV inside the hit): they are sched
 at their own positions, then the new tokens — possibly in the same step. When a running
 request cannot get a block, the newest running request is preempted: its blocks are freed
 and it returns to the front of the queue to be recomputed (its tokens are kept, so nothing
-is lost and greedy output is unchanged)."""
+is lost and greedy output is unchanged).
+
+Speculation: a decoding request handed a token tree runs the whole tree in its step (the tree
+counts against the budget; a tree that does not fit falls back to a plain decode), and
+``update`` then takes the tokens verification kept."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Callable
 from ember.engine.batch import Batch, ScheduledRequest
 from ember.engine.request import Request, RequestStatus
 from ember.kvcache.interface import EMPTY_MATCH, BaseKVCacheManager
+from ember.spec.token_tree import TokenTree
 
 # (running requests' contexts, candidate) -> token budget for this step; see AdaptiveBudget
 BudgetFn = Callable[[list[Request]], int]
@@ -59,10 +64,12 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
-    def schedule(self) -> Batch:
+    def schedule(self, trees: dict[str, TokenTree] | None = None) -> Batch:
+        """``trees``: speculated continuations of decoding requests (root = last token)."""
         budget = self.budget_fn(self.running) if self.budget_fn else self.config.max_num_batched_tokens
         scheduled: list[tuple[Request, list[tuple[int, int]]]] = []
         preempted: list[str] = []
+        speculating: dict[str, TokenTree] = {}
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -71,10 +78,16 @@ class Scheduler:
             if not plan:
                 i += 1
                 continue
+            tree = trees.get(request.request_id) if trees else None
+            if tree is not None and 1 < tree.num_nodes <= budget and self._is_decode(request, plan):
+                start = plan[0][0]
+                plan = [(start, start + tree.num_nodes)]  # storage of the tree's nodes
+                speculating[request.request_id] = tree
             while not self.kv_cache.allocate_slots(request, self._num_new(request, plan)):
                 victim = self.running.pop()
                 self._preempt(victim)
                 preempted.append(victim.request_id)
+                speculating.pop(victim.request_id, None)
                 if victim is request:
                     break
             else:
@@ -105,16 +118,21 @@ class Scheduler:
             scheduled.append((request, plan))
             budget -= _count(plan)
 
-        return Batch([self._to_scheduled(r, plan) for r, plan in scheduled], preempted)
+        return Batch([self._to_scheduled(r, plan, speculating.get(r.request_id)) for r, plan in scheduled], preempted)
 
-    def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
+    def update(self, batch: Batch, sampled: dict[str, int | list[int]]) -> list[Request]:
         """Advance progress after a step; append sampled tokens and apply token-level stops.
-        Returns the requests that got a new token (finished ones included)."""
+        A speculative item gets a list: its accepted tokens, then the bonus token. Returns the
+        requests that got new tokens (finished ones included)."""
         updated = []
         for item in batch.requests:
             request = self.requests.get(item.request_id)
             if request is None or request.is_finished:
                 continue  # aborted while the step ran
+            if item.tree is not None:
+                self._update_speculated(request, item, sampled[item.request_id])
+                updated.append(request)
+                continue
             self._advance(request, item.ranges)
             self.kv_cache.cache_computed_blocks(request)
             token_id = sampled.get(item.request_id)
@@ -126,6 +144,26 @@ class Scheduler:
                 self.finish(request, status)
             updated.append(request)
         return updated
+
+    def _update_speculated(self, request: Request, item: ScheduledRequest, tokens: list[int]) -> None:
+        # NOTE: the root and the accepted nodes have KV at their final slots now (the engine
+        # committed it), so every appended token but the last is computed. Tokens after a
+        # stop are dropped.
+        self.num_tokens_run += item.num_tokens
+        status = None
+        for token_id in tokens:
+            request.output_token_ids.append(token_id)
+            status = self._check_stop(request, token_id)
+            if status is not None:
+                break
+        request.num_computed_tokens = request.num_tokens - 1
+        self.kv_cache.cache_computed_blocks(request)
+        if status is not None:
+            self.finish(request, status)
+
+    @staticmethod
+    def _is_decode(request: Request, plan: list[tuple[int, int]]) -> bool:
+        return not request.pending_holes and plan == [(request.num_tokens - 1, request.num_tokens)]
 
     def finish(self, request: Request, status: RequestStatus, stop_reason=None) -> None:
         if request.is_finished:
@@ -213,7 +251,18 @@ class Scheduler:
             return RequestStatus.FINISHED_LENGTH
         return None
 
-    def _to_scheduled(self, request: Request, plan: list[tuple[int, int]]) -> ScheduledRequest:
+    def _to_scheduled(
+        self, request: Request, plan: list[tuple[int, int]], tree: TokenTree | None = None
+    ) -> ScheduledRequest:
+        if tree is not None:
+            return ScheduledRequest(
+                request_id=request.request_id,
+                token_ids=list(tree.token_ids),
+                ranges=plan,
+                block_ids=list(self.kv_cache.block_table(request.request_id)),
+                sample=True,
+                tree=tree.serialize(plan[0][0]),
+            )
         all_ids = request.all_token_ids
         token_ids = [t for start, end in plan for t in all_ids[start:end]]
         wants_prompt_logits = request.sampling_params.prompt_logprobs is not None

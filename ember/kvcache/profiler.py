@@ -95,8 +95,15 @@ def load_latency_model(config, runner: ModelRunner, arch, model_path: str, max_m
     from ember.zoo import cache_dir
 
     choice = config.latency_model
-    if choice == "analytic":
-        params = sum(p.numel() for p in runner.model.parameters())
+    # NOTE: a distributed executor is not profiled ("auto" means the analytic model there):
+    # its ranks' weights live in other processes, and tp*pp ranks timed on shared cores
+    # measure contention more than the model.
+    distributed = getattr(runner, "is_distributed", False)
+    if choice == "analytic" or (choice == "auto" and distributed):
+        if distributed:
+            params = runner.num_params  # summed over ranks; replicated tensors count per rank
+        else:
+            params = sum(p.numel() for p in runner.model.parameters())
         return LatencyModel.analytic(num_params=params, hidden_size=arch.hidden_size, num_layers=arch.num_layers)
     if choice != "auto":
         try:

@@ -114,6 +114,21 @@ class ServerMetrics:
             "ember:prefix_cache_hits", "Prompt tokens found in the prefix cache since start", registry=r
         )
         self.preemptions = Gauge("ember:num_preemptions", "Preemptions since start", registry=r)
+        self.spec = {
+            key: Gauge(f"ember:spec_decode_{key}", text, registry=r)
+            for key, text in (
+                ("num_drafts", "Token trees verified since start (one per request-step)"),
+                ("num_draft_tokens", "Speculated tokens (tree nodes below the root) since start"),
+                ("num_accepted_tokens", "Speculated tokens the target accepted since start"),
+                ("mean_accepted", "Accepted tokens per tree"),
+                ("draft_seconds", "Seconds spent proposing since start"),
+                ("verify_seconds", "Seconds spent verifying since start"),
+            )
+        }
+        self.spec_by_depth = Gauge(
+            "ember:spec_decode_acceptance_by_depth", "Fraction of trees accepting at least d tokens",
+            ["depth"], registry=r,
+        )  # fmt: skip
         info = Gauge("ember:model_info", "The served model", ["model_name"], registry=r)
         info.labels(model_name=model_name).set(1)
 
@@ -126,6 +141,15 @@ class ServerMetrics:
         self.prefix_queries.set(stats.prefix_cache_queried_tokens)
         self.prefix_hits.set(stats.prefix_cache_hit_tokens)
         self.preemptions.set(stats.num_preemptions)
+        if stats.speculation is not None:
+            spec = stats.speculation
+            values = {"num_drafts": spec["num_trees"], "num_draft_tokens": spec["num_draft_tokens"],
+                      "num_accepted_tokens": spec["num_accepted_tokens"], "mean_accepted": spec["mean_accepted"],
+                      "draft_seconds": spec["draft_s"], "verify_seconds": spec["verify_s"]}  # fmt: skip
+            for key, value in values.items():
+                self.spec[key].set(value)
+            for depth, fraction in enumerate(spec["acceptance_by_depth"], start=1):
+                self.spec_by_depth.labels(depth=str(depth)).set(fraction)
         return generate_latest(self.registry)
 
     def timer(self, num_prompt_tokens: int) -> RequestTimer:

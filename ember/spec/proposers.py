@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ember.engine.sampler import SamplingState
 from ember.spec.token_tree import TokenTree
 
 
@@ -24,6 +25,7 @@ class DraftRequest:
     request_id: str  # stable across steps: a stateful proposer keys its caches by it
     token_ids: Sequence[int]  # prompt + output so far; the last one is the tree's root
     max_depth: int  # deepest node allowed (0: propose nothing), e.g. by max_tokens/context left
+    sampling: SamplingState | None = None  # the request's sampling (None: greedy)
 
 
 class BaseProposer(ABC):
@@ -41,8 +43,12 @@ class BaseProposer(ABC):
         Every draw must keep the draw invariant of ``ember.spec.token_tree`` (record the q a
         token was sampled from, or None for a deterministic pick)."""
 
+    def commit(self, request_id: str, token_ids: Sequence[int]) -> None:
+        """The target accepted ``token_ids`` of the last proposal (path below the root, bonus
+        token excluded): a stateful proposer keeps what it computed for them."""
+
     def release(self, request_id: str) -> None:
-        """The request finished or was preempted: drop any state kept for it."""
+        """The request finished or was aborted: drop any state kept for it."""
 
 
 @dataclass(frozen=True, kw_only=True)

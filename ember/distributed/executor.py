@@ -1,0 +1,263 @@
+"""The engine-side runner of a distributed instance: starts one worker process per rank
+(the engine process is not a rank), sends each step to every rank and returns the result
+rank's logits. Same interface as ModelRunner: ``run(batch) -> RunnerOutput``,
+``copy_kv``, ``block_size``.
+
+Failure: the engine waits on the result pipe, every rank's pipe and every rank's process
+sentinel at once, so a rank that dies (or reports an exception) ends the wait at once;
+the executor then kills the remaining ranks, reaps them, and raises WorkerError. A step
+that produces nothing for ``step_timeout_s`` is treated the same way. Workers watch the
+engine's pid and exit if it dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing import Pipe
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import torch
+
+from ember.distributed.layout import ParallelLayout
+from ember.distributed.messages import (
+    CopyKV,
+    Ready,
+    Shutdown,
+    StepRequest,
+    StepResult,
+    WorkerFailed,
+    WorkerInit,
+)  # fmt: skip
+from ember.engine.batch import Batch
+from ember.errors import WorkerError
+from ember.runner.model_runner import RunnerOutput
+from ember.train.dist_probe import free_port
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "stopped responding"
+    if exitcode < 0:
+        try:
+            return f"exited with signal {-exitcode} ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            return f"exited with signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+class DistributedExecutor:
+    is_distributed = True
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        layout: ParallelLayout,
+        *,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: str = "cpu",
+        attention_backend: str = "paged",
+        start_timeout_s: float = 300.0,
+        step_timeout_s: float = 300.0,
+    ) -> None:
+        self.layout = layout
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.step_timeout_s = step_timeout_s
+        self._closed_reason: str | None = None
+        self._step_ids = itertools.count()
+        port = free_port()
+        self._procs: list[subprocess.Popen] = []
+        self._sentinels: list[int] = []
+        self._conns = []
+        self._inbox: list[list] = [[] for _ in range(layout.world_size)]
+        atexit.register(self.close)
+        for rank in range(layout.world_size):
+            init = WorkerInit(
+                rank=rank, layout=layout, model_path=Path(model_path), dtype=str(dtype).removeprefix("torch."),
+                device=device, num_blocks=num_blocks, block_size=block_size, attention_backend=attention_backend,
+                master_port=port, parent_pid=os.getpid(), timeout_s=max(start_timeout_s, step_timeout_s),
+            )  # fmt: skip
+            # NOTE: a fresh interpreter per rank (not multiprocessing spawn, which re-imports
+            # the caller's __main__ and so breaks scripts without a main guard); its end of
+            # a socket pair is inherited by fd number.
+            parent_end, child_end = Pipe()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ember.distributed.worker", str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),),
+            )
+            child_end.close()
+            self._procs.append(proc)
+            self._sentinels.append(os.pidfd_open(proc.pid))
+            self._conns.append(parent_end)
+            parent_end.send(init)
+        self.num_params = 0
+        for rank in range(layout.world_size):
+            ready = self._receive(rank, Ready, timeout_s=start_timeout_s, doing="starting")
+            self.num_params += ready.num_params
+        # NOTE: the result rank: last pipeline stage, tensor rank 0.
+        self.result_rank = layout.world_size - layout.tp_size
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def _exit_of(self, rank: int, wait_s: float = 2.0) -> str:
+        proc = self._procs[rank]
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            pass
+        return f"tensor/pipeline worker rank {rank} (pid {proc.pid}) {describe_exit(proc.returncode)}"
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed_reason is not None
+
+    # ------------------------------------------------------------------ steps
+    def run(self, batch: Batch) -> RunnerOutput:
+        step_id = next(self._step_ids)
+        self._broadcast(StepRequest(step_id=step_id, batch=batch))
+        result = self._receive(self.result_rank, StepResult, timeout_s=self.step_timeout_s, doing="running a step")
+        assert result.step_id == step_id, (result.step_id, step_id)
+
+        def tensor(array):  # NOTE: on the engine's device, where the sampler's generators live
+            return torch.from_numpy(array).to(self.device)
+
+        return RunnerOutput(
+            sample_ids=result.sample_ids,
+            logits=tensor(result.logits),
+            prompt_logits={rid: (pos, tensor(a)) for rid, (pos, a) in result.prompt_logits.items()},
+            tree_logits={rid: tensor(a) for rid, a in result.tree_logits.items()},
+        )
+
+    def copy_kv(self, moves: list[tuple[list[int], int, int]]) -> None:
+        if moves:
+            self._broadcast(CopyKV(moves=moves))
+
+    # --------------------------------------------------------------- lifetime
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Shut the ranks down (they leave the process group together); kill any rank still
+        alive after ``timeout_s``. Idempotent."""
+        atexit.unregister(self.close)
+        if self._closed_reason is None:
+            self._closed_reason = "the distributed executor was closed"
+            for conn in self._conns:
+                try:
+                    conn.send(Shutdown())
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + timeout_s
+            for proc in self._procs:
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        self._kill_all()
+
+    def __enter__(self) -> DistributedExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _kill_all(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self._procs:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass  # NOTE: SIGKILLed; only an uninterruptible sleep delays the reaping
+        for conn in self._conns:
+            conn.close()
+        for fd in self._sentinels:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._sentinels = []
+
+    def _fail(self, message: str) -> None:
+        self._closed_reason = message
+        atexit.unregister(self.close)
+        self._kill_all()
+        raise WorkerError(message)
+
+    def _broadcast(self, message) -> None:
+        if self._closed_reason is not None:
+            raise WorkerError(f"the tensor/pipeline workers are gone: {self._closed_reason}")
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                self._check_alive()
+                self._fail(f"tensor/pipeline worker rank {rank} is unreachable")
+
+    def _check_alive(self) -> None:
+        for rank, proc in enumerate(self._procs):
+            if proc.poll() is not None:
+                self._fail(self._exit_of(rank))
+
+    def _dead_rank(self, wait_s: float) -> int | None:
+        """The first rank found exited with an error within ``wait_s``, if any."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for rank, proc in enumerate(self._procs):
+                if proc.poll() not in (None, 0):
+                    return rank
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def _receive(self, rank: int, kind: type, *, timeout_s: float, doing: str):
+        """The next message of type ``kind`` from ``rank``; WorkerError if any rank dies or
+        fails first, or nothing arrives within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        sentinels = {fd: r for r, fd in enumerate(self._sentinels)}
+        conns = {id(c): r for r, c in enumerate(self._conns)}
+        while True:
+            if self._inbox[rank]:
+                message = self._inbox[rank].pop(0)
+                if isinstance(message, kind):
+                    return message
+                self._fail(f"tensor/pipeline worker rank {rank} sent an unexpected {type(message).__name__}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(f"tensor/pipeline workers: no reply from rank {rank} within {timeout_s:.0f} s while {doing}")
+            ready = wait([*self._conns, *sentinels], timeout=left)
+            # NOTE: pipes first: a rank that reported its exception and exited is named by
+            # its report, not only by its exit code.
+            for obj in ready:
+                if obj in sentinels:
+                    continue
+                source = conns[id(obj)]
+                try:
+                    message = obj.recv()
+                except (EOFError, OSError):
+                    self._fail(f"{self._exit_of(source)} while {doing}")
+                if isinstance(message, WorkerFailed):
+                    # NOTE: a rank that died takes its peers' collectives down with it; their
+                    # reports ("connection reset") can arrive before its exit status. Name
+                    # the dead rank, the root cause, when there is one.
+                    dead = self._dead_rank(wait_s=1.0)
+                    if dead is not None and dead != message.rank:
+                        last = message.error.strip().splitlines()[-1] if message.error.strip() else ""
+                        self._fail(f"{self._exit_of(dead)} while {doing} (rank {message.rank} then failed: {last})")
+                    self._fail(f"tensor/pipeline worker rank {message.rank} failed while {doing}:\n{message.error}")
+                self._inbox[source].append(message)
+            for obj in ready:
+                if obj in sentinels:
+                    self._fail(f"{self._exit_of(sentinels[obj])} while {doing}")
+

@@ -1,0 +1,74 @@
+"""Typed messages between the engine process and its rank workers (one pipe per rank).
+
+engine -> every rank:   StepRequest, CopyKV, Shutdown
+rank -> engine:         Ready (once, after loading), StepResult (only the result rank:
+                        last pipeline stage, tensor rank 0), WorkerFailed (then it exits)
+
+Each carries ids; handling a Shutdown twice is harmless. Tensors travel as numpy arrays
+(pickled by value; no shared-memory handles between processes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ember.distributed.layout import ParallelLayout
+from ember.engine.batch import Batch
+
+
+@dataclass(frozen=True)
+class WorkerInit:
+    rank: int
+    layout: ParallelLayout
+    model_path: Path
+    dtype: str  # a torch dtype's name, e.g. "float32"
+    device: str  # "cpu", or "cuda" (rank r uses cuda:r % device_count)
+    num_blocks: int
+    block_size: int
+    attention_backend: str
+    master_port: int
+    parent_pid: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    rank: int
+    pid: int
+    num_params: int  # parameters this rank holds
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    step_id: int
+    batch: Batch
+
+
+@dataclass(frozen=True)
+class CopyKV:
+    """``(block_ids, src, dst)`` storage-index moves, applied in order on every rank."""
+
+    moves: list[tuple[list[int], int, int]]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step_id: int
+    sample_ids: list[str]
+    logits: np.ndarray  # [len(sample_ids), vocab] fp32
+    prompt_logits: dict[str, tuple[int, np.ndarray]]
+    tree_logits: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    rank: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str = "close"

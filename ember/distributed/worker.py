@@ -1,0 +1,212 @@
+"""A rank process: joins the process group, loads its shard, holds the KV cache of its
+layers and KV heads, and runs steps as they arrive on its pipe.
+
+A step is micro-batched: its requests are cut into (up to) pp contiguous micro-batches;
+stage s runs micro-batch m, sends the hidden states to stage s + 1 (asynchronously) and
+goes on with m + 1 while s + 1 works on m, so the stages overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ember.attention import allocate_kv_cache
+from ember.distributed.messages import (
+    CopyKV,
+    Ready,
+    Shutdown,
+    StepRequest,
+    StepResult,
+    WorkerFailed,
+    WorkerInit,
+)  # fmt: skip
+from ember.distributed.sharded_loader import load_shard
+from ember.distributed.shards import local_sizes
+from ember.distributed.stage import Stage, build_step_inputs
+from ember.engine.batch import ScheduledRequest
+from ember.models.config import ModelArchConfig
+from ember.models.loader import _read_json
+from ember.train.dist_mesh import exit_rank
+
+
+def split_microbatches(items: list[ScheduledRequest], count: int) -> list[list[ScheduledRequest]]:
+    """Up to ``count`` contiguous, non-empty groups of about equal token counts."""
+    count = min(count, len(items))
+    if count <= 1:
+        return [items] if items else []
+    total = sum(r.num_tokens for r in items)
+    groups: list[list[ScheduledRequest]] = [[]]
+    done = 0
+    for index, item in enumerate(items):
+        remaining_items = len(items) - index
+        remaining_groups = count - len(groups)
+        full = done >= total * len(groups) / count
+        if groups[-1] and remaining_groups and (full or remaining_items <= remaining_groups):
+            groups.append([])
+        groups[-1].append(item)
+        done += item.num_tokens
+    return groups
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # NOTE: a rank blocked in a collective never reads its pipe again; if the engine process
+    # dies (even by SIGKILL) the rank must still go. PR_SET_PDEATHSIG would fire when the
+    # engine's *thread* that started us exits, which an engine built in a thread would do.
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ember-parent-watch", daemon=True).start()
+
+
+class RankWorker:
+    def __init__(self, init: WorkerInit):
+        self.init = init
+        layout = self.layout = init.layout
+        self.rank = init.rank
+        self.coord = layout.coord(init.rank)
+        self.arch = ModelArchConfig.from_hf(_read_json(init.model_path / "config.json", required=True))
+        if init.device.startswith("cuda"):
+            self.device = torch.device("cuda", init.rank % torch.cuda.device_count())
+            torch.cuda.set_device(self.device)
+            backend = "nccl"
+        else:
+            self.device = torch.device("cpu")
+            backend = "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{init.master_port}", rank=init.rank,
+            world_size=layout.world_size, timeout=timedelta(seconds=init.timeout_s),
+        )  # fmt: skip
+        # NOTE: every rank creates every group, in the same order (new_group is collective).
+        self.tp_group = None
+        for pp in range(layout.pp_size):
+            ranks = layout.tp_group_ranks(0, pp)
+            group = dist.new_group(ranks) if layout.tp_size > 1 else None
+            if init.rank in ranks:
+                self.tp_group = group
+        dtype = getattr(torch, init.dtype)
+        module = load_shard(init.model_path, self.arch, layout, init.rank, dtype=dtype, device=self.device,
+                            group=self.tp_group)  # fmt: skip
+        self.num_params = sum(p.numel() for p in module.parameters())
+        self.stage = Stage(module, self.arch)
+        self.is_first = self.coord.pp == 0
+        self.is_last = self.coord.pp == layout.pp_size - 1
+        self.is_result_rank = self.is_last and self.coord.tp == 0
+        sizes = local_sizes(self.arch, layout.tp_size, self.coord.tp)
+        self.kv_caches = allocate_kv_cache(
+            num_layers=len(self.stage.layers), num_blocks=init.num_blocks, block_size=init.block_size,
+            num_kv_heads=sizes["num_kv_heads"], head_dim=self.arch.head_dim, dtype=dtype, device=self.device,
+        )  # fmt: skip
+        self.dtype = dtype
+        self.prev_rank = None if self.is_first else init.rank - layout.tp_size
+        self.next_rank = None if self.is_last else init.rank + layout.tp_size
+
+    @torch.inference_mode()
+    def step(self, request: StepRequest) -> StepResult | None:
+        pending, rows_out = [], []
+        for items in split_microbatches(request.batch.requests, self.layout.pp_size):
+            inputs = build_step_inputs(items, block_size=self.init.block_size, device=self.device,
+                                       backend=self.init.attention_backend)  # fmt: skip
+            if self.is_first:
+                h = self.stage.embed(inputs.input_ids, inputs.positions)
+            else:
+                h = torch.empty(inputs.num_tokens, self.arch.hidden_size, dtype=self.dtype, device=self.device)
+                dist.recv(h, src=self.prev_rank)
+            h = self.stage.run_layers(h, inputs.positions, self.kv_caches, inputs.meta)
+            if not self.is_last:
+                pending.append((dist.isend(h.contiguous(), dst=self.next_rank), h))
+                continue
+            rows_out.extend(self._logits(self.stage.finish(h), inputs.rows))
+        for work, _ in pending:
+            work.wait()
+        if not self.is_result_rank:
+            return None
+        sample_ids = [rid for kind, rid, _, _ in rows_out if kind == "sample"]
+        sample = [lg for kind, _, _, lg in rows_out if kind == "sample"]
+        vocab = self.arch.vocab_size
+        return StepResult(
+            step_id=request.step_id,
+            sample_ids=sample_ids,
+            logits=torch.cat(sample).numpy() if sample else torch.empty(0, vocab).numpy(),
+            prompt_logits={rid: (pos, lg.numpy()) for kind, rid, pos, lg in rows_out if kind == "prompt"},
+            tree_logits={rid: lg.numpy() for kind, rid, _, lg in rows_out if kind == "tree"},
+        )
+
+    def _logits(self, hidden: torch.Tensor, rows) -> list[tuple[str, str, int, torch.Tensor]]:
+        if not rows:
+            return []
+        index = torch.cat([torch.arange(s, e) for _, _, _, s, e in rows]).to(self.device)
+        local = self.stage.local_logits(hidden[index]).contiguous()
+        if self.tp_group is not None:
+            parts = [torch.empty_like(local) for _ in range(self.layout.tp_size)]
+            dist.all_gather(parts, local, group=self.tp_group)
+            local = torch.cat(parts, dim=-1)
+        logits = local[:, : self.arch.vocab_size].float().cpu()
+        out, start = [], 0
+        for kind, rid, pos, s, e in rows:
+            out.append((kind, rid, pos, logits[start : start + e - s]))
+            start += e - s
+        return out
+
+    def copy_kv(self, message: CopyKV) -> None:
+        from ember.attention.kv_cache import copy_slots
+
+        if not message.moves:
+            return
+        bs = self.init.block_size
+        src = torch.tensor([t[s // bs] * bs + s % bs for t, s, _ in message.moves], device=self.device)
+        dst = torch.tensor([t[d // bs] * bs + d % bs for t, _, d in message.moves], device=self.device)
+        copy_slots(self.kv_caches, src, dst)
+
+
+def worker_main(init: WorkerInit, conn) -> None:
+    """Entry point of a rank process (``multiprocessing`` spawn target)."""
+    _watch_parent(init.parent_pid)
+    if init.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // init.layout.world_size))
+    try:
+        worker = RankWorker(init)
+        conn.send(Ready(rank=init.rank, pid=os.getpid(), num_params=worker.num_params))
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                exit_rank(1)  # the engine is gone
+            if isinstance(message, StepRequest):
+                result = worker.step(message)
+                if result is not None:
+                    conn.send(result)
+            elif isinstance(message, CopyKV):
+                worker.copy_kv(message)
+            elif isinstance(message, Shutdown):
+                # NOTE: leave the group together (barrier) before destroying it; exit_rank
+                # skips interpreter finalization, where gloo may abort.
+                dist.barrier()
+                dist.destroy_process_group()
+                conn.close()
+                exit_rank(0)
+            else:
+                raise TypeError(f"unexpected message {type(message).__name__}")
+    except Exception:  # noqa: BLE001 -- any failure is reported to the engine, then the rank exits
+        try:
+            conn.send(WorkerFailed(rank=init.rank, error=traceback.format_exc()))
+        except (OSError, EOFError):
+            pass
+        exit_rank(1)
+
+
+if __name__ == "__main__":
+    import sys
+    from multiprocessing.connection import Connection
+
+    # NOTE: started by DistributedExecutor with its end of a socket pair as fd argv[1].
+    _conn = Connection(int(sys.argv[1]))
+    worker_main(_conn.recv(), _conn)

@@ -1,0 +1,228 @@
+"""The draft-model proposer: a small causal LM with its own paged KV cache in Ember.
+
+Per request the proposer keeps the tokens whose KV its cache holds. Each ``propose``:
+
+    catch-up  one batched pass over every request's tokens the cache lacks (the new prompt,
+              or the target's bonus token), which also scores the root's children
+    expand    expansion config <k1, ..., km>: depth d adds k_d children to every frontier
+              node; depths 1 .. m-1 each take one batched pass over the tree so far (tree
+              attention, nodes at storage root + index), which scores the next frontier
+
+Greedy requests get top-k children (deterministic picks). Sampled requests get children drawn
+without replacement from the draft's distribution under the request's own temperature, top-k,
+top-p and min-p, from a generator of their own: the q each draw records is what it was drawn
+from (the draw invariant of ``ember.spec.token_tree``), so verification stays lossless.
+
+``commit`` keeps the draft KV of the accepted path (moved to its final slots); the rest of the
+tree's slots are simply overwritten by the next tree.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ember.engine.batch import Batch, ScheduledRequest
+from ember.engine.sampler import filter_logits
+from ember.errors import InvalidInputError
+from ember.runner.model_runner import ModelRunner
+from ember.spec.proposers import BaseProposer, DraftRequest
+from ember.spec.token_tree import SerializedTree, TokenTree
+from ember.spec.verify import kv_commit_moves
+
+
+@dataclass
+class _DraftState:
+    tokens: list[int] = field(default_factory=list)  # KV in the draft cache for these
+    blocks: list[int] = field(default_factory=list)
+    tree: TokenTree | None = None  # the last proposal
+    num_run_nodes: int = 0  # its nodes with KV (all but the deepest level)
+    generator: torch.Generator | None = None
+
+
+class DraftModelProposer(BaseProposer):
+    def __init__(
+        self,
+        runner: ModelRunner,
+        *,
+        expansion: Sequence[int],
+        vocab_size: int,
+        proposer_id: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(proposer_id)
+        if not expansion or any(k < 1 for k in expansion):
+            raise InvalidInputError(f"expansion must be positive widths, got {list(expansion)}")
+        self.runner = runner
+        self.expansion = tuple(expansion)
+        self.vocab_size = vocab_size
+        self.seed = seed
+        self.block_size = runner.block_size
+        num_blocks = runner.kv_caches[0][0].shape[1]
+        self._free = list(range(num_blocks - 1, -1, -1))
+        self._states: dict[str, _DraftState] = {}
+        self._ids = itertools.count()
+
+    @property
+    def max_depth(self) -> int:
+        return len(self.expansion)
+
+    @property
+    def max_tree_nodes(self) -> int:
+        """Nodes of a full tree, root included."""
+        total, width = 1, 1
+        for k in self.expansion:
+            width *= k
+            total += width
+        return total
+
+    # ------------------------------------------------------------------ proposal
+    def propose(self, requests: Sequence[DraftRequest]) -> list[TokenTree]:
+        trees = [TokenTree(r.token_ids[-1]) for r in requests]
+        active = [i for i, r in enumerate(requests) if r.max_depth > 0 and self._reserve(r)]
+        if not active:
+            return trees
+        probs = self._catch_up([requests[i] for i in active])  # [A, V]: the roots' children
+        frontier = {i: [0] for i in active}
+        frontier_probs = {i: probs[row : row + 1] for row, i in enumerate(active)}
+        for depth, width in enumerate(self.expansion, start=1):
+            for i in list(frontier):
+                if depth > requests[i].max_depth:
+                    del frontier[i]
+                    continue
+                frontier[i] = self._add_children(
+                    trees[i], requests[i], frontier[i], frontier_probs[i], width
+                )
+            if depth == self.max_depth or not frontier:
+                break
+            frontier_probs = self._score(
+                [requests[i] for i in frontier], [trees[i] for i in frontier], list(frontier.values())
+            )
+            frontier_probs = dict(zip(frontier, frontier_probs))
+        for i, r in zip(active, (requests[i] for i in active)):
+            state = self._states[r.request_id]
+            state.tree = trees[i]
+            state.num_run_nodes = sum(d < min(self.max_depth, r.max_depth) for d in trees[i].depths)
+        return trees
+
+    def commit(self, request_id: str, token_ids: Sequence[int]) -> None:
+        """The target accepted ``token_ids`` after the root (bonus token excluded): keep the
+        draft KV this proposer has for them."""
+        state = self._states.get(request_id)
+        if state is None or state.tree is None:
+            return
+        tree, accepted, node = state.tree, [], 0
+        for token_id in token_ids:
+            child = tree.child(node, token_id)
+            if child is None or child >= state.num_run_nodes:
+                break
+            accepted.append(child)
+            node = child
+        start = len(state.tokens) - 1  # the root's storage index
+        moves = kv_commit_moves(tree, accepted, start)
+        self.runner.copy_kv([(state.blocks, src, dst) for src, dst in moves])
+        state.tokens.extend(tree.token_ids[n] for n in accepted)
+        state.tree = None
+
+    def release(self, request_id: str) -> None:
+        state = self._states.pop(request_id, None)
+        if state is not None:
+            self._free.extend(reversed(state.blocks))
+
+    # ----------------------------------------------------------------- internals
+    def _reserve(self, request: DraftRequest) -> bool:
+        """Sync the request's state with its tokens and hold blocks for them and a full tree;
+        False (state dropped: no speculation this step) when the draft cache is full."""
+        state = self._states.get(request.request_id)
+        if state is None:
+            state = self._states[request.request_id] = _DraftState()
+        tokens = request.token_ids
+        keep = len(state.tokens)
+        if keep == len(tokens) and state.tokens == list(tokens):
+            state.tokens.pop()  # proposed again without progress (e.g. after a preemption)
+            keep -= 1
+        if keep > len(tokens) - 1 or state.tokens != list(tokens[:keep]):
+            keep = 0  # NOTE: never expected (tokens only grow); recompute rather than guess
+            state.tokens = []
+        state.tree = None
+        needed = -(-(len(tokens) + self.max_tree_nodes) // self.block_size) - len(state.blocks)
+        if needed > len(self._free):
+            self.release(request.request_id)
+            return False
+        state.blocks.extend(self._free.pop() for _ in range(max(0, needed)))
+        if state.generator is None and request.sampling is not None and not request.sampling.params.is_greedy:
+            seed = request.sampling.params.seed
+            seed = self.seed * 7919 + next(self._ids) if seed is None else seed
+            # NOTE: a stream of its own. Seeded like the request's sampler, the draft would
+            # replay the target's random numbers: drafts correlated with the tokens verification
+            # draws break the draw invariant (the output is then biased; a test shows it).
+            mixed = (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019 * (self.proposer_id + 1)) % 2**63
+            state.generator = torch.Generator(device=self.runner.device).manual_seed(mixed)
+        return True
+
+    def _catch_up(self, requests: list[DraftRequest]) -> list[torch.Tensor]:
+        items = []
+        for r in requests:
+            state = self._states[r.request_id]
+            start = len(state.tokens)
+            new = list(r.token_ids[start:])
+            items.append(ScheduledRequest(r.request_id, new, [(start, start + len(new))], state.blocks, sample=True))
+            state.tokens.extend(new)
+        logits = self.runner.run(Batch(items)).logits
+        return self._to_probs(logits, requests)
+
+    def _score(self, requests, trees, frontiers) -> list[torch.Tensor]:
+        """One pass over each request's tree below the root; probs at its frontier nodes."""
+        items = []
+        for r, tree in zip(requests, trees):
+            state = self._states[r.request_id]
+            root = len(state.tokens) - 1
+            sub = SerializedTree(
+                token_ids=tree.token_ids[1:],
+                positions=[root + d for d in tree.depths[1:]],
+                parent_indices=[p - 1 if p else None for p in tree.parents[1:]],
+                start_position=root + 1,
+            )
+            items.append(ScheduledRequest(
+                r.request_id, sub.token_ids, [(root + 1, sub.kv_len)], state.blocks, sample=True, tree=sub,
+            ))  # fmt: skip
+        out = self.runner.run(Batch(items)).tree_logits
+        probs = []
+        for r, frontier in zip(requests, frontiers):
+            rows = out[r.request_id][[n - 1 for n in frontier]]
+            probs.append(self._to_probs(rows, [r] * len(frontier)))
+        return probs
+
+    def _to_probs(self, logits: torch.Tensor, requests: Sequence[DraftRequest]) -> torch.Tensor:
+        params = [r.sampling.params if r.sampling is not None else None for r in requests]
+        greedy = [p is None or p.is_greedy for p in params]
+        if all(greedy):
+            return logits  # only ranked (top-k picks): no need to normalise
+        temperature = torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)])
+        scaled = logits / temperature.to(logits)[:, None]
+        sampled = [p for g, p in zip(greedy, params) if not g]
+        if any(p.top_k or p.top_p < 1 or p.min_p for p in sampled):
+            scaled = filter_logits(
+                scaled,
+                top_k=torch.tensor([0 if g else p.top_k for g, p in zip(greedy, params)], device=logits.device),
+                top_p=torch.tensor([1.0 if g else p.top_p for g, p in zip(greedy, params)]).to(scaled),
+                min_p=torch.tensor([0.0 if g else p.min_p for g, p in zip(greedy, params)]).to(scaled),
+            )
+        return torch.where(torch.tensor(greedy, device=logits.device)[:, None], logits, scaled.softmax(-1))
+
+    def _add_children(self, tree, request, frontier, probs, width) -> list[int]:
+        state = self._states[request.request_id]
+        children = []
+        if state.generator is None:  # greedy: the top-k, deterministic picks
+            top = probs.topk(min(width, probs.shape[-1]), dim=-1).indices.tolist()
+            for node, tokens in zip(frontier, top):
+                children += [tree.add_child(node, t, proposer=self.proposer_id) for t in tokens]
+            return children
+        for node, q in zip(frontier, probs):
+            k = min(width, int((q > 0).sum()))
+            tokens = torch.multinomial(q, k, replacement=False, generator=state.generator).tolist()
+            children += tree.add_sampled_children(node, tokens, q, proposer=self.proposer_id)
+        return children
