@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, fields
 
 from ember.errors import InvalidInputError
@@ -57,7 +58,9 @@ class EngineConfig:
         metadata={"help": "auto (profile once, cached on disk) | analytic (FLOP estimate) | PATH to a JSON"},
     )
     attention_backend: str = field(
-        default="paged", metadata={"help": "paged (fast) | reference (the torch oracle)"}
+        default="paged",
+        metadata={"help": "paged (fast torch path) | reference (the torch oracle) | triton (GPU kernel; "
+                          "needs triton, on CPU only under TRITON_INTERPRET=1)"},
     )
     compile: bool = field(
         default=False,
@@ -124,11 +127,24 @@ class EngineConfig:
             self.target_step_ms is None or self.target_step_ms > 0, "target_step_ms", self.target_step_ms, "must be > 0"
         )
         _require(
-            self.attention_backend in ("paged", "reference"),
+            self.attention_backend in ("paged", "reference", "triton"),
             "attention_backend",
             self.attention_backend,
-            "must be 'paged' or 'reference'",
+            "must be 'paged', 'reference' or 'triton'",
         )
+        if self.attention_backend == "triton":
+            _require(
+                self.block_size & (self.block_size - 1) == 0,
+                "block_size",
+                self.block_size,
+                "must be a power of two for the triton attention backend",
+            )
+            _require(
+                importlib.util.find_spec("triton") is not None,
+                "attention_backend",
+                self.attention_backend,
+                "needs the triton package (pip install triton)",
+            )
         self._normalize_speculation()
 
     def _normalize_speculation(self) -> None:

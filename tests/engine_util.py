@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import torch
+
+from ember.engine.batch import Batch, ScheduledRequest
 from ember.engine.llm import LLM
 from ember.sampling_params import SamplingParams
 
@@ -34,3 +37,34 @@ def random_prompts(count: int, *, vocab: int, min_len: int, max_len: int, seed: 
 
 def greedy(max_tokens: int, **kwargs) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, **kwargs)
+
+
+def prompt_logits_in_two_chunks(llm: LLM, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Every prompt's logits, its first half in one step and the rest (reading the first
+    half back from the paged cache) in a second."""
+    engine = llm.engine
+    pool = engine.kv_cache.pool
+    blocks = {i: pool.allocate(-(-len(p) // engine.config.block_size)) for i, p in enumerate(prompts)}
+    splits = [len(p) // 2 + 1 for p in prompts]
+    out: dict[str, list[torch.Tensor]] = {}
+    for first in (True, False):
+        items = [
+            ScheduledRequest(
+                request_id=str(i),
+                token_ids=p[: splits[i]] if first else p[splits[i] :],
+                ranges=[(0, splits[i])] if first else [(splits[i], len(p))],
+                block_ids=blocks[i],
+                sample=not first,
+                prompt_logits=True,
+            )
+            for i, p in enumerate(prompts)
+            if first or splits[i] < len(p)
+        ]
+        result = engine.runner.run(Batch(items))
+        for rid, (_, logits) in result.prompt_logits.items():
+            out.setdefault(rid, []).append(logits)
+        for rid, row in zip(result.sample_ids, result.logits):
+            out[rid + "/sample"] = [row[None]]
+    for ids in blocks.values():
+        pool.free(ids)
+    return {rid: torch.cat(parts) for rid, parts in out.items()}

@@ -12,7 +12,15 @@ from ember.attention.metadata import AttentionMetadata, build_attention_metadata
 from ember.attention.paged import paged_attention
 from ember.attention.reference import reference_attention
 
-BACKENDS = {"paged": paged_attention, "reference": reference_attention}
+
+
+def _triton_attention(q, kv_cache, meta, scale):
+    from ember.attention.triton_msa import triton_attention  # NOTE: imports triton on first use
+
+    return triton_attention(q, kv_cache, meta, scale)
+
+
+BACKENDS = {"paged": paged_attention, "reference": reference_attention, "triton": _triton_attention}
 
 __all__ = ["AttentionMetadata", "BACKENDS", "KVCache", "allocate_kv_cache", "attend", "build_attention_metadata"]
 

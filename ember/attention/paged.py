@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.attention.kv_cache import KVCache, gather_blocks, head_block_index
-from ember.attention.metadata import AttentionMetadata
+from ember.attention.metadata import AttentionMetadata, RequestSpan
 
 
 def paged_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -26,19 +26,24 @@ def paged_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
             o = _decode(decode_q, k_cache, v_cache, meta, scale)
         out[meta.decode.query_rows] = o
     for span in meta.prefill_spans:
-        keys = gather_blocks(k_cache, span.block_ids)[:, : span.kv_len]  # [H_kv, L, D]
-        values = gather_blocks(v_cache, span.block_ids)[:, : span.kv_len]
-        queries = q[span.query_start : span.query_end].transpose(0, 1)  # [H_q, Q, D]
-        o = F.scaled_dot_product_attention(
-            queries[None],
-            keys[None].to(q.dtype),
-            values[None].to(q.dtype),
-            attn_mask=span.mask[None, None],
-            scale=scale,
-            enable_gqa=queries.shape[0] != keys.shape[0],
-        )
-        out[span.query_start : span.query_end] = o[0].transpose(0, 1)
+        out[span.query_start : span.query_end] = span_attention(q, k_cache, v_cache, span, scale)
     return out
+
+
+def span_attention(q: torch.Tensor, k_cache, v_cache, span: RequestSpan, scale: float) -> torch.Tensor:
+    """One request's queries (``span.mask`` visibility) -> ``[Q, H_q, D]``."""
+    keys = gather_blocks(k_cache, span.block_ids)[:, : span.kv_len]  # [H_kv, L, D]
+    values = gather_blocks(v_cache, span.block_ids)[:, : span.kv_len]
+    queries = q[span.query_start : span.query_end].transpose(0, 1)  # [H_q, Q, D]
+    o = F.scaled_dot_product_attention(
+        queries[None],
+        keys[None].to(q.dtype),
+        values[None].to(q.dtype),
+        attn_mask=span.mask[None, None],
+        scale=scale,
+        enable_gqa=queries.shape[0] != keys.shape[0],
+    )
+    return o[0].transpose(0, 1)
 
 
 def _decode(q: torch.Tensor, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:

@@ -28,7 +28,7 @@ def add_parsers(kinds) -> None:
 
 def run_cache(args: argparse.Namespace) -> int:
     from ember.bench.cache import DEFAULT_CONFIGS, run_cache_bench
-    from ember.bench.report import machine_info, markdown_table, write_json
+    from ember.bench.report import write_results
     from ember.errors import InvalidInputError
 
     configs = DEFAULT_CONFIGS
@@ -43,16 +43,9 @@ def run_cache(args: argparse.Namespace) -> int:
         args.model, dtype=args.dtype, configs=configs, ratio=args.ratio, max_num_seqs=args.max_num_seqs,
         session_rate=args.session_rate, seed=args.seed, scale=args.scale,
     )
-    payload["machine"] = machine_info()
     columns = ["workload", "config", "capacity x", "mean TTFT ms", "p99 TTFT ms", "mean TPOT ms", "p99 TPOT ms",
                "hit rate", "tokens run", "hole tokens", "preemptions", "output tok/s"]
-    table = markdown_table(payload["rows"], columns)
-    print(table)
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), payload)
-    out.with_suffix(".md").write_text(table + "\n")
-    plot_cache(payload["rows"], out.with_suffix(".png"))
-    print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    write_results(Path(args.out), payload, payload["rows"], columns, plot_cache)
     return 0
 
 

@@ -35,3 +35,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def write_results(out: Path, payload: dict[str, Any], rows: list[dict[str, Any]], columns: list[str], plot) -> None:
+    """Print the table, then write OUT.json (payload + machine), OUT.md and OUT.png (``plot(rows, path)``)."""
+    payload["machine"] = machine_info()
+    table = markdown_table(rows, columns)
+    print(table)
+    write_json(out.with_suffix(".json"), payload)
+    out.with_suffix(".md").write_text(table + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")

@@ -24,7 +24,7 @@ def add_parser(kinds) -> None:
 
 
 def run_spec(args: argparse.Namespace) -> int:
-    from ember.bench.report import machine_info, markdown_table, write_json
+    from ember.bench.report import write_results
     from ember.bench.spec import DEFAULT_SYSTEMS, SpecBenchConfig, plot_spec, run_spec_bench
     from ember.errors import InvalidInputError
 
@@ -50,14 +50,7 @@ def run_spec(args: argparse.Namespace) -> int:
         rounds=args.rounds, hf=not args.no_hf, systems=systems,
     )  # fmt: skip
     payload = run_spec_bench(cfg)
-    payload["machine"] = machine_info()
     columns = ["system", "batch", "tok/s", "speedup", "tokens/step", "draft ms/step", "agreement",
                "acceptance by depth"]  # fmt: skip
-    table = markdown_table(payload["results"], columns)
-    print(table)
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), payload)
-    out.with_suffix(".md").write_text(table + "\n")
-    plot_spec(payload["results"], out.with_suffix(".png"))
-    print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    write_results(Path(args.out), payload, payload["results"], columns, plot_spec)
     return 0

@@ -3,10 +3,10 @@ tiny Llama (GQA, tied) and OPT checkpoints, with chunked prefill and batches > 1
 
 import pytest
 import torch
-from engine_util import greedy, random_prompts, run_checked
+from engine_util import greedy, prompt_logits_in_two_chunks, random_prompts, run_checked
 
 from ember.distributed.worker import split_microbatches
-from ember.engine.batch import Batch, ScheduledRequest
+from ember.engine.batch import ScheduledRequest
 from ember.engine.llm import LLM
 
 NUM_NEW = 6
@@ -19,37 +19,6 @@ CASES = [
     ("opt_post_ln_proj", 2, 2),
     ("opt_pre_ln", 1, 2),
 ]
-
-
-def prompt_logits_in_two_chunks(llm: LLM, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Every prompt's logits, its first half in one step and the rest (reading the first
-    half back from the paged cache) in a second."""
-    engine = llm.engine
-    pool = engine.kv_cache.pool
-    blocks = {i: pool.allocate(-(-len(p) // 4)) for i, p in enumerate(prompts)}
-    splits = [len(p) // 2 + 1 for p in prompts]
-    out: dict[str, list[torch.Tensor]] = {}
-    for first in (True, False):
-        items = [
-            ScheduledRequest(
-                request_id=str(i),
-                token_ids=p[: splits[i]] if first else p[splits[i] :],
-                ranges=[(0, splits[i])] if first else [(splits[i], len(p))],
-                block_ids=blocks[i],
-                sample=not first,
-                prompt_logits=True,
-            )
-            for i, p in enumerate(prompts)
-            if first or splits[i] < len(p)
-        ]
-        result = engine.runner.run(Batch(items))
-        for rid, (_, logits) in result.prompt_logits.items():
-            out.setdefault(rid, []).append(logits)
-        for rid, row in zip(result.sample_ids, result.logits):
-            out[rid + "/sample"] = [row[None]]
-    for ids in blocks.values():
-        pool.free(ids)
-    return {rid: torch.cat(parts) for rid, parts in out.items()}
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from checkpoints import VARIANTS, load_hf
-from engine_util import greedy, random_prompts, run_checked
-from ember.engine.batch import Batch, ScheduledRequest
+from engine_util import greedy, prompt_logits_in_two_chunks, random_prompts, run_checked
 from ember.engine.llm import LLM
 
 NUM_NEW = 32
@@ -39,31 +38,10 @@ def test_prompt_logits_match_transformers_in_two_chunks(variant, hf_checkpoints)
     path = hf_checkpoints(variant)
     hf = load_hf(path)
     llm = LLM(str(path), dtype="float32", block_size=4, cache_policy="hash")
-    engine = llm.engine
     prompts = random_prompts(8, vocab=300, min_len=3, max_len=48, seed=2)
-    blocks = {i: engine.kv_cache.pool.allocate(-(-len(p) // 4)) for i, p in enumerate(prompts)}
-    splits = [len(p) // 2 + 1 for p in prompts]
-
-    def step(first: bool):
-        items = [
-            ScheduledRequest(
-                request_id=str(i),
-                token_ids=p[: splits[i]] if first else p[splits[i] :],
-                ranges=[(0, splits[i])] if first else [(splits[i], len(p))],
-                block_ids=blocks[i],
-                sample=not first,
-                prompt_logits=True,
-            )
-            for i, p in enumerate(prompts)
-            if first or splits[i] < len(p)
-        ]
-        return engine.runner.run(Batch(items)).prompt_logits
-
-    first, second = step(True), step(False)
+    got_all = prompt_logits_in_two_chunks(llm, prompts)
     for i, prompt in enumerate(prompts):
         with torch.no_grad():
             expected = hf(torch.tensor([prompt])).logits[0]
-        got = first[str(i)][1]
-        if str(i) in second:
-            got = torch.cat([got, second[str(i)][1]])
+        got = got_all[str(i)]
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
