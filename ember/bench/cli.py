@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     serve_cli.add_parser(kinds)
     cache_cli.add_parsers(kinds)
     spec_cli.add_parser(kinds)
+    from ember.planner.cli import add_bench_parser
+
+    add_bench_parser(kinds)
 
 
 def run_offline(args: argparse.Namespace) -> int:

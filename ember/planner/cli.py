@@ -41,10 +41,6 @@ def register(subparsers) -> None:
                         help="price a synthetic 8-GPU-per-node cluster and FLOP-count model "
                         "instead of measuring this machine")  # fmt: skip
     parser.set_defaults(func=run_plan)
-    bench = subparsers.choices.get("bench")
-    if bench is not None:  # `ember bench plan`, beside the other benchmarks
-        kinds = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
-        _add_bench_parser(kinds)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +50,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
-def _add_bench_parser(kinds) -> None:
+def add_bench_parser(kinds) -> None:
+    """`ember bench plan` (registered by ``ember.bench.cli``)."""
     parser = kinds.add_parser(
         "plan", help="searched plan vs pure DP/ZeRO-3/TP/PP under memory budgets, measured",
         description="For each budget (a fraction of the best pure-DP plan's predicted "

@@ -38,16 +38,22 @@ def evaluate(model_dir: Path, val_tokens, *, target_dir: Path | None = None, seq
     return result
 
 
-def last_train_loss(run_dir: Path) -> float:
-    """The last logged training loss of a run (its ``metrics.jsonl``)."""
-    losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return next(m["loss"] for m in reversed(losses) if "loss" in m)
+def last_train_loss(run_dir: Path, last: int = 5) -> float:
+    """The mean of the last ``last`` logged training losses of a run (its ``metrics.jsonl``):
+    one logged step is one batch, too noisy to quote alone."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [m["loss"] for m in records if "loss" in m][-last:]
+    return sum(losses) / len(losses)
 
 
 def write_card(model_dir: Path, *, name: str, command: str, figures: dict, train_loss: float) -> Path:
     info = json.loads((model_dir / "ember_train.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
     params = sum(t.numel() for t in load_model(str(model_dir), device="meta").module.parameters())
+    loss_label = "train loss"
+    if info.get("distilled_from"):
+        alpha = info.get("recipe", {}).get("train", {}).get("distill_alpha")
+        loss_label = f"train objective ({1 - alpha:.1f} x CE + {alpha:.1f} x KL to the teacher)" if alpha is not None else "train objective (CE + KL to the teacher)"
     lines = [
         f"# {name}",
         "",
@@ -63,7 +69,7 @@ def write_card(model_dir: Path, *, name: str, command: str, figures: dict, train
         f"| training command | `{command}` |",
         f"| steps | {info.get('step')} |",
         f"| tokens seen | {info.get('tokens_seen', 0) / 1e6:.2f} M ({info.get('train_seconds', 0) / 60:.0f} min) |",
-        f"| final train loss (last logged step) | {train_loss:.3f} |",
+        f"| {loss_label} (mean of the last 5 logged steps) | {train_loss:.3f} |",
         f"| validation loss / perplexity (measured here) | {figures['val_loss']:.3f} / {figures['val_ppl']:.1f} "
         f"({figures['val_tokens']} tokens) |",
     ]

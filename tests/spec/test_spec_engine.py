@@ -81,7 +81,7 @@ def test_max_tokens_reached_inside_a_tree(reference, ngram_llm):
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         out = run_checked(ngram_llm, PROMPTS[REPEATS : REPEATS + 1], params)[0].outputs[0]
         assert out.token_ids == reference[REPEATS][:max_tokens] and out.finish_reason == "length"
-    assert ngram_llm.engine.speculator.stats.mean_accepted > 1
+    assert ngram_llm.engine.speculator.stats.accepted_by_depth[1] > 0  # runs of 2+ accepted tokens
 
 
 def test_stops_inside_a_tree_drop_the_tokens_after_them(reference, ngram_llm):
