@@ -103,7 +103,12 @@ class LLMEngine:
             budget_fn=budget_fn,
         )
         self.sampler = Sampler()
-        self.speculator = self._make_speculator(num_blocks) if config.speculative_models else None
+        self.speculator = None
+        if config.speculative_models:
+            from ember.spec.speculator import build_speculator
+
+            self.speculator = build_speculator(config, vocab_size=self.arch.vocab_size, num_blocks=num_blocks,
+                                               max_model_len=self.max_model_len)  # fmt: skip
         self.eos_token_ids = frozenset(loaded.eos_token_ids)
         self._groups: dict[str, RequestGroup] = {}
         self._sequences: dict[str, tuple[RequestGroup, SequenceState]] = {}
@@ -212,10 +217,14 @@ class LLMEngine:
             for k, token_id in enumerate(request.output_token_ids[first_new:]):
                 stop = seq.add_token(token_id, logprobs_of.get(request.request_id))
                 if stop is not None:
-                    # NOTE: a stop string inside a speculated run drops the tokens after it.
+                    # NOTE: a stop string inside a speculated run drops the tokens after it
+                    # (and wins over a stop those tokens hit: max_tokens, EOS).
+                    dropped = len(request.output_token_ids) - (first_new + k + 1)
                     del request.output_token_ids[first_new + k + 1 :]
                     if not request.is_finished:
                         self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED, stop_reason=stop)
+                    elif dropped:
+                        request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop
                     break
             if request.is_finished:
                 seq.finish()
@@ -259,35 +268,6 @@ class LLMEngine:
             moves += self.speculator.commit_moves(item, trees[item.request_id], verified[item.request_id])
         self.runner.copy_kv(moves)
         return {rid: v.token_ids for rid, v in verified.items()}
-
-    def _make_speculator(self, num_blocks: int):
-        from ember.spec.draft import DraftModelProposer
-        from ember.spec.proposers import NgramConfig, NgramProposer
-        from ember.spec.speculator import Speculator
-
-        config, proposers, depth = self.config, [], 0
-        for i, name in enumerate(config.speculative_models):
-            if name == "ngram":
-                ngram = NgramConfig(max_n=config.ngram_max_n, num_tokens=config.ngram_num_tokens,
-                                    num_branches=config.ngram_branches)  # fmt: skip
-                proposers.append(NgramProposer(ngram, proposer_id=i))
-                depth = max(depth, ngram.num_tokens)
-                continue
-            draft = load_model(resolve_model(name), dtype=config.dtype, device=config.device)
-            if draft.config.vocab_size != self.arch.vocab_size:
-                raise InvalidInputError(
-                    f"speculative model {name!r} has vocabulary size {draft.config.vocab_size}, the "
-                    f"target {self.arch.vocab_size}: a draft must share the target's tokenizer",
-                    param="speculative_models",
-                )
-            runner = ModelRunner(draft.module, draft.config, num_blocks=num_blocks, block_size=config.block_size,
-                                 dtype=next(draft.module.parameters()).dtype, device=self.device,
-                                 attention_backend=config.attention_backend)  # fmt: skip
-            proposers.append(DraftModelProposer(runner, expansion=config.speculative_expansion,
-                                                vocab_size=self.arch.vocab_size, proposer_id=i, seed=config.seed))  # fmt: skip
-            depth = max(depth, len(config.speculative_expansion))
-        return Speculator(proposers, max_depth=depth, max_model_len=self.max_model_len,
-                          max_batch_size=config.speculative_max_batch_size)  # fmt: skip
 
     def _record_prompt_logprobs(self, seq_id: str, first_pos: int, logits: torch.Tensor) -> None:
         group, seq = self._sequences[seq_id]

@@ -162,3 +162,37 @@ class Speculator:
     def release(self, request_id: str) -> None:
         for p in self.proposers:
             p.release(request_id)
+
+
+def build_speculator(config, *, vocab_size: int, num_blocks: int, max_model_len: int) -> Speculator:
+    """The proposers ``config.speculative_models`` names, in order (their trees merge in it)."""
+    from ember.errors import InvalidInputError
+    from ember.models.loader import load_model
+    from ember.runner.model_runner import ModelRunner
+    from ember.spec.draft import DraftModelProposer
+    from ember.spec.proposers import NgramConfig, NgramProposer
+    from ember.zoo import resolve_model
+
+    proposers, depth = [], 0
+    for i, name in enumerate(config.speculative_models):
+        if name == "ngram":
+            ngram = NgramConfig(max_n=config.ngram_max_n, num_tokens=config.ngram_num_tokens,
+                                num_branches=config.ngram_branches)  # fmt: skip
+            proposers.append(NgramProposer(ngram, proposer_id=i))
+            depth = max(depth, ngram.num_tokens)
+            continue
+        draft = load_model(resolve_model(name), dtype=config.dtype, device=config.device)
+        if draft.config.vocab_size != vocab_size:
+            raise InvalidInputError(
+                f"speculative model {name!r} has vocabulary size {draft.config.vocab_size}, the "
+                f"target {vocab_size}: a draft must share the target's tokenizer",
+                param="speculative_models",
+            )
+        runner = ModelRunner(draft.module, draft.config, num_blocks=num_blocks, block_size=config.block_size,
+                             dtype=next(draft.module.parameters()).dtype, device=torch.device(config.device),
+                             attention_backend=config.attention_backend)  # fmt: skip
+        proposers.append(DraftModelProposer(runner, expansion=config.speculative_expansion,
+                                            vocab_size=vocab_size, proposer_id=i, seed=config.seed))  # fmt: skip
+        depth = max(depth, len(config.speculative_expansion))
+    return Speculator(proposers, max_depth=depth, max_model_len=max_model_len,
+                      max_batch_size=config.speculative_max_batch_size)  # fmt: skip

@@ -3,6 +3,8 @@ proposer, under continuous batching, chunked prefill, prefix caching, preemption
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,11 @@ def test_stops_inside_a_tree_drop_the_tokens_after_them(reference, ngram_llm):
         got = run_checked(ngram_llm, PROMPTS[REPEATS : REPEATS + 1], params)[0].outputs[0]
         assert (got.token_ids, got.text, got.finish_reason) == (want.token_ids, want.text, "stop")
         assert len(got.token_ids) < 24
+        # max_tokens just past the stop changes nothing (the stop string still ends it)
+        for extra in (1, 2, 3):
+            both = dataclasses.replace(params, max_tokens=len(want.token_ids) + extra)
+            got = run_checked(ngram_llm, PROMPTS[REPEATS : REPEATS + 1], both)[0].outputs[0]
+            assert (got.token_ids, got.text, got.finish_reason) == (want.token_ids, want.text, "stop")
 
 
 def test_speculation_pauses_above_the_batch_threshold():
