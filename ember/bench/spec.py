@@ -10,6 +10,7 @@ stdlib files (text the models never trained on).
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 
 from ember.engine.llm import LLM
 from ember.sampling_params import SamplingParams
+from ember.spec.speculator import SpecStats
 
 # name -> engine options (the speculative ones); the first is the baseline
 DEFAULT_SYSTEMS: dict[str, dict] = {
@@ -120,12 +122,12 @@ def run_spec_bench(cfg: SpecBenchConfig, log=print) -> dict:
         for batch in cfg.batch_sizes:
             for name, llm in systems.items():
                 spec = llm.engine.speculator
-                before = spec.stats.to_dict() if spec else None
+                before = copy.deepcopy(spec.stats) if spec else None
                 seconds, tokens = _run_ember(llm, prompts, cfg.output_len, batch)
                 times.setdefault((name, batch), []).append(seconds)
                 outputs[(name, batch)] = tokens
                 if spec:
-                    stats[(name, batch)] = _delta(before, spec.stats.to_dict())
+                    stats[(name, batch)] = _delta(before, spec.stats)
                 log(f"round {r + 1}/{cfg.rounds} batch {batch} {name}: {seconds:.2f} s")
             if batch == 1:
                 for name, (model, assistant) in hf.items():
@@ -152,16 +154,16 @@ def run_spec_bench(cfg: SpecBenchConfig, log=print) -> dict:
     return {"config": {k: v for k, v in cfg.__dict__.items()}, "num_tokens": num_tokens, "results": rows}
 
 
-def _delta(before: dict, after: dict) -> dict:
-    trees = after["num_trees"] - before["num_trees"]
-    steps = after["num_verify_steps"] - before["num_verify_steps"]
-    emitted = after["tokens_per_step"] * after["num_trees"] - before["tokens_per_step"] * before["num_trees"]
-    by_depth_after = [a * after["num_trees"] for a in after["acceptance_by_depth"]]
-    by_depth_before = [b * before["num_trees"] for b in before["acceptance_by_depth"]] or [0] * len(by_depth_after)
+def _delta(before: SpecStats, after: SpecStats) -> dict:
+    """What one run added to a speculator's counters."""
+    trees = after.num_trees - before.num_trees
+    steps = after.num_verify_steps - before.num_verify_steps
+    if not trees:
+        return {"tokens_per_step": 0.0, "draft_ms_per_step": 0.0, "acceptance_by_depth": []}
     return {
-        "tokens_per_step": emitted / trees if trees else 0.0,
-        "draft_ms_per_step": 1e3 * (after["draft_s"] - before["draft_s"]) / steps if steps else 0.0,
-        "acceptance_by_depth": [(a - b) / trees for a, b in zip(by_depth_after, by_depth_before)] if trees else [],
+        "tokens_per_step": (after.num_emitted_tokens - before.num_emitted_tokens) / trees,
+        "draft_ms_per_step": 1e3 * (after.draft_s - before.draft_s) / steps,
+        "acceptance_by_depth": [(a - b) / trees for a, b in zip(after.accepted_by_depth, before.accepted_by_depth)],
     }
 
 

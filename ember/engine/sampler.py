@@ -119,19 +119,8 @@ class Sampler:
         token_ids = adjusted.argmax(dim=-1)  # kept for greedy rows, overwritten for the others
         rows = [i for i, s in enumerate(states) if not s.params.is_greedy]
         if rows:
-            params = [states[i].params for i in rows]
-            scaled = adjusted[rows] / _column([p.temperature for p in params], adjusted)
-            to_filter = [j for j, p in enumerate(params) if p.top_k or p.top_p < 1 or p.min_p]
-            if to_filter:
-                sub = [params[j] for j in to_filter]
-                scaled[to_filter] = filter_logits(
-                    scaled[to_filter],
-                    top_k=torch.tensor([p.top_k for p in sub], device=logits.device),
-                    top_p=_column([p.top_p for p in sub], scaled).squeeze(1),
-                    min_p=_column([p.min_p for p in sub], scaled).squeeze(1),
-                )
-            generators = [states[i].generator for i in rows]
-            token_ids[rows] = draw(scaled.softmax(dim=-1), generators)
+            probs = sampling_probs(adjusted[rows], [states[i].params for i in rows])
+            token_ids[rows] = draw(probs, [states[i].generator for i in rows])
 
         logprob_rows = [i for i, s in enumerate(states) if s.params.logprobs is not None]
         logprobs: list[TokenLogprobs | None] = [None] * len(states)
@@ -197,6 +186,23 @@ def apply_penalties(
     r = repetition[:, None]
     logits = torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
     return logits - frequency[:, None] * output_counts - presence[:, None] * (output_counts > 0)
+
+
+def sampling_probs(logits: torch.Tensor, params: list) -> torch.Tensor:
+    """logits [R, V] fp32 (penalties applied) of R sampled (non-greedy) rows -> [R, V], the
+    distribution a token is drawn from: temperature, then top-k, top-p and min-p (only on the
+    rows that ask for them)."""
+    scaled = logits / _column([p.temperature for p in params], logits)
+    to_filter = [j for j, p in enumerate(params) if p.top_k or p.top_p < 1 or p.min_p]
+    if to_filter:
+        sub = [params[j] for j in to_filter]
+        scaled[to_filter] = filter_logits(
+            scaled[to_filter],
+            top_k=torch.tensor([p.top_k for p in sub], device=logits.device),
+            top_p=_column([p.top_p for p in sub], scaled).squeeze(1),
+            min_p=_column([p.min_p for p in sub], scaled).squeeze(1),
+        )
+    return scaled.softmax(dim=-1)
 
 
 def filter_logits(

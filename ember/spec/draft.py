@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.engine.batch import Batch, ScheduledRequest
-from ember.engine.sampler import filter_logits
+from ember.engine.sampler import sampling_probs
 from ember.errors import InvalidInputError
 from ember.runner.model_runner import ModelRunner
 from ember.spec.proposers import BaseProposer, DraftRequest
@@ -197,21 +197,14 @@ class DraftModelProposer(BaseProposer):
         return probs
 
     def _to_probs(self, logits: torch.Tensor, requests: Sequence[DraftRequest]) -> torch.Tensor:
-        params = [r.sampling.params if r.sampling is not None else None for r in requests]
-        greedy = [p is None or p.is_greedy for p in params]
-        if all(greedy):
-            return logits  # only ranked (top-k picks): no need to normalise
-        temperature = torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)])
-        scaled = logits / temperature.to(logits)[:, None]
-        sampled = [p for g, p in zip(greedy, params) if not g]
-        if any(p.top_k or p.top_p < 1 or p.min_p for p in sampled):
-            scaled = filter_logits(
-                scaled,
-                top_k=torch.tensor([0 if g else p.top_k for g, p in zip(greedy, params)], device=logits.device),
-                top_p=torch.tensor([1.0 if g else p.top_p for g, p in zip(greedy, params)]).to(scaled),
-                min_p=torch.tensor([0.0 if g else p.min_p for g, p in zip(greedy, params)]).to(scaled),
-            )
-        return torch.where(torch.tensor(greedy, device=logits.device)[:, None], logits, scaled.softmax(-1))
+        """Sampled requests' rows -> their sampling distributions; greedy rows stay logits
+        (they are only ranked, for top-k picks)."""
+        rows = [i for i, r in enumerate(requests) if r.sampling is not None and not r.sampling.params.is_greedy]
+        if not rows:
+            return logits
+        out = logits.float().clone()
+        out[rows] = sampling_probs(out[rows], [requests[i].sampling.params for i in rows])
+        return out
 
     def _add_children(self, tree, request, frontier, probs, width) -> list[int]:
         state = self._states[request.request_id]

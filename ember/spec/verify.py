@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ember.engine.sampler import SamplingState, filter_logits, penalize
+from ember.engine.sampler import SamplingState, penalize, sampling_probs
 from ember.spec.token_tree import TokenTree
 
 
@@ -218,18 +218,11 @@ def tree_target_probs(
     Greedy requests get a one-hot row at their argmax."""
     adjusted = penalize(logits.float(), _node_states(trees, states))
     params = [s.params for tree, s in zip(trees, states) for _ in range(tree.num_nodes)]
-    greedy = torch.tensor([p.is_greedy for p in params], device=logits.device)
-    temperature = torch.tensor([p.temperature if not p.is_greedy else 1.0 for p in params])
-    scaled = adjusted / temperature.to(adjusted)[:, None]
-    if any(p.top_k or p.top_p < 1 or p.min_p for p in params):
-        scaled = filter_logits(
-            scaled,
-            top_k=torch.tensor([p.top_k for p in params], device=logits.device),
-            top_p=torch.tensor([p.top_p for p in params]).to(scaled),
-            min_p=torch.tensor([p.min_p for p in params]).to(scaled),
-        )
-    one_hot = torch.zeros_like(scaled).scatter_(1, adjusted.argmax(dim=-1, keepdim=True), 1.0)
-    return torch.where(greedy[:, None], one_hot, scaled.softmax(dim=-1))
+    probs = torch.zeros_like(adjusted).scatter_(1, adjusted.argmax(dim=-1, keepdim=True), 1.0)
+    rows = [i for i, p in enumerate(params) if not p.is_greedy]
+    if rows:
+        probs[rows] = sampling_probs(adjusted[rows], [params[i] for i in rows])
+    return probs
 
 
 def tree_target_ids(
