@@ -15,7 +15,7 @@ def __getattr__(name: str):
 
         return LLM
     if name == "SamplingParams":
-        from ember.sampling_params import SamplingParams
+        from ember.core.sampling_params import SamplingParams
 
         return SamplingParams
     raise AttributeError(f"module 'ember' has no attribute {name!r}")

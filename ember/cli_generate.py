@@ -3,13 +3,85 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
 
 from ember.cli_args import add_engine_args, engine_kwargs
+from ember.core.sampling_params import SamplingParams
 from ember.errors import InvalidInputError
 
 # NOTE: --seed here seeds the request; the engine's default seed keeps its default.
 _NOT_ENGINE_FLAGS = ("model", "seed")
+
+# The CLI's own defaults, where it differs from SamplingParams on purpose: a short, greedy
+# (reproducible) continuation is what a quick look at a model from the shell wants. Every
+# other sampling flag defaults to SamplingParams' value.
+_CLI_DEFAULTS = {"max_tokens": 64, "temperature": 0.0}
+
+# SamplingParams fields with no flag: the CLI prints text only, so it has nowhere to show
+# logprobs (asking for them would only cost compute).
+_NO_FLAG = ("logprobs", "prompt_logprobs")
+
+_SHORT_FLAGS = {"n": ("-n",)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _cli_kind(hint) -> tuple[str, type]:
+    """("bool" | "repeat" | "csv" | "scalar", element type) for a SamplingParams annotation.
+
+    Lists of strings are repeatable flags (a stop string may hold a comma); lists of numbers
+    are one comma-separated flag."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+    else:
+        args = [hint]
+    for arg in args:
+        if typing.get_origin(arg) is list:
+            (elem,) = typing.get_args(arg)
+            if elem is str:
+                return "repeat", str
+            if elem is int:
+                return "csv", int
+            raise TypeError(f"no command-line syntax for {hint}")
+    if args[0] is bool:
+        return "bool", bool
+    return "scalar", args[0]
+
+
+def _sampling_flags() -> list[tuple[dataclasses.Field, str, type]]:
+    hints = typing.get_type_hints(SamplingParams)
+    return [
+        (f, *_cli_kind(hints[f.name])) for f in dataclasses.fields(SamplingParams) if f.name not in _NO_FLAG
+    ]
+
+
+def _add_sampling_args(group) -> None:
+    for f, kind, elem in _sampling_flags():
+        default = _CLI_DEFAULTS.get(f.name, f.default)
+        names = (*_SHORT_FLAGS.get(f.name, ()), _flag(f.name))
+        help_text = f.metadata["help"]
+        if kind == "bool":
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif kind == "repeat":
+            group.add_argument(*names, action="append", default=default, help=f"{help_text} (repeatable)")
+        elif kind == "csv":
+            group.add_argument(*names, default=default, help=f"{help_text} (comma-separated)")
+        else:
+            group.add_argument(*names, type=elem, default=default, help=f"{help_text} (default: {default})")
+
+
+def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
+    """The SamplingParams that `ember generate`'s sampling flags ask for."""
+    kwargs = {}
+    for f, kind, _ in _sampling_flags():
+        value = getattr(args, f.name)
+        kwargs[f.name] = _int_list(value, _flag(f.name)) if kind == "csv" else value
+    return SamplingParams(**kwargs)
 
 
 def register(subparsers) -> None:
@@ -19,20 +91,7 @@ def register(subparsers) -> None:
     gen.add_argument("--prompt-token-ids", help="comma-separated token ids instead of text")
     gen.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
     s = gen.add_argument_group("sampling")
-    s.add_argument("--max-tokens", type=int, default=64)
-    s.add_argument("--min-tokens", type=int, default=0)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--min-p", type=float, default=0.0)
-    s.add_argument("--repetition-penalty", type=float, default=1.0)
-    s.add_argument("--presence-penalty", type=float, default=0.0)
-    s.add_argument("--frequency-penalty", type=float, default=0.0)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    s.add_argument("--stop-token-ids", default=None, help="comma-separated stop token ids")
-    s.add_argument("--ignore-eos", action="store_true")
-    s.add_argument("-n", "--n", type=int, default=1, help="completions per prompt")
+    _add_sampling_args(s)
     s.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     add_engine_args(gen, skip=_NOT_ENGINE_FLAGS)
     gen.set_defaults(func=run_generate)
@@ -64,24 +123,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise InvalidInputError("give exactly one of PROMPT or --prompt-token-ids")
 
     from ember.engine.llm import LLM
-    from ember.sampling_params import SamplingParams
 
-    params = SamplingParams(
-        n=args.n,
-        max_tokens=args.max_tokens,
-        min_tokens=args.min_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        seed=args.seed,
-        stop=args.stop,
-        stop_token_ids=_int_list(args.stop_token_ids, "--stop-token-ids"),
-        ignore_eos=args.ignore_eos,
-    )
+    params = sampling_params_from_args(args)
     llm = LLM(args.model, **engine_kwargs(args, skip=_NOT_ENGINE_FLAGS))
     if args.chat:
         if llm.tokenizer is None or token_ids is not None:

@@ -6,6 +6,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# NOTE: dtype="auto" is bf16 on CPUs with native bf16 (ember/models/hardware.py); most tests
+# use the default dtype and fp32 tolerances, so pin "no native bf16" (inherited by worker
+# processes). tests/models/test_auto_dtype.py tests the rule and the real detection.
+os.environ.setdefault("EMBER_CPU_BF16", "0")
 # NOTE: Triton kernels run on CPU tensors under its interpreter; the flag must be set before
 # anything imports triton (torch.compile does), so here rather than in the test module.
 if not Path("/dev/nvidia0").exists():

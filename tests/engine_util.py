@@ -6,9 +6,9 @@ import random
 
 import torch
 
-from ember.engine.batch import Batch, ScheduledRequest
+from ember.core.batch import Batch, ScheduledRequest
 from ember.engine.llm import LLM
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 
 def run_checked(llm: LLM, prompts, params: SamplingParams | list[SamplingParams], *, max_steps: int = 10_000):
@@ -44,7 +44,7 @@ def prompt_logits_in_two_chunks(llm: LLM, prompts: list[list[int]]) -> dict[str,
     half back from the paged cache) in a second."""
     engine = llm.engine
     pool = engine.kv_cache.pool
-    blocks = {i: pool.allocate(-(-len(p) // engine.config.block_size)) for i, p in enumerate(prompts)}
+    blocks = {i: pool.allocate(-(-len(p) // engine.config.cache.block_size)) for i, p in enumerate(prompts)}
     splits = [len(p) // 2 + 1 for p in prompts]
     out: dict[str, list[torch.Tensor]] = {}
     for first in (True, False):

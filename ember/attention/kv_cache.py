@@ -7,8 +7,11 @@ request's blocks along dim 1 yields, for every (request, head), one contiguous
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
+
+from ember.core.batch import KVCopy
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # K and V
 
@@ -43,11 +46,21 @@ def copy_slots(kv_caches: list[KVCache], src: torch.Tensor, dst: torch.Tensor) -
 
     All sources are read before any destination is written: the same as copying one after
     another whenever no destination is a later move's source (true of speculation's commit
-    moves, ``ember.spec.verify.kv_commit_moves``)."""
+    moves, ``ember.core.batch.SerializedTree.kv_commit_moves``)."""
     for cache in itertools.chain.from_iterable(kv_caches):
         heads, _, _, dim = cache.shape
         flat = cache.view(heads, -1, dim)
         flat[:, dst] = flat[:, src]
+
+
+def apply_kv_copies(kv_caches: list[KVCache], copies: Sequence[KVCopy]) -> None:
+    """Apply a batch's KV copies to every layer (``copy_slots``, in one go)."""
+    if not copies:
+        return
+    device = kv_caches[0][0].device
+    src = torch.tensor([c.src_slot for c in copies], dtype=torch.long, device=device)
+    dst = torch.tensor([c.dst_slot for c in copies], dtype=torch.long, device=device)
+    copy_slots(kv_caches, src, dst)
 
 
 def head_block_index(block_ids: torch.Tensor, num_kv_heads: int, num_blocks: int) -> torch.Tensor:

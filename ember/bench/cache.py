@@ -53,7 +53,7 @@ def working_set_tokens(workload: Workload) -> int:
 
 def replay(engine, workload: Workload, *, session_rate: float, seed: int) -> dict[str, Any]:
     """Run the workload through ``engine``; returns per-request timings and engine counters."""
-    from ember.sampling_params import SamplingParams
+    from ember.core.sampling_params import SamplingParams
 
     rng = np.random.default_rng(seed)
     sessions = workload.sessions()
@@ -146,10 +146,13 @@ def run_cache_bench(
 ) -> dict[str, Any]:
     from ember.config import EngineConfig
     from ember.engine.llm_engine import LLMEngine
+    from ember.models.loader import resolve_checkpoint_dtype
     from ember.zoo import resolve_model
 
     path = resolve_model(model)
     vocab = _vocab(path)
+    resolved = str(resolve_checkpoint_dtype(path, dtype)).removeprefix("torch.")
+    log(f"[bench cache] dtype: {resolved} (--dtype {dtype})")
     rows = []
     for workload in bench_workloads(vocab_size=vocab, seed=seed, scale=scale):
         ws = working_set_tokens(workload)
@@ -158,8 +161,8 @@ def run_cache_bench(
         log(f"[bench cache] {workload.name}: {len(workload.requests)} requests, working set {ws} tokens, "
             f"KV capacity {num_blocks * block_size} tokens ({ws / (num_blocks * block_size):.1f}x)")
         for cfg in configs:
-            engine = LLMEngine(EngineConfig(
-                model=path, dtype=dtype, block_size=block_size, num_kv_blocks=num_blocks, max_num_seqs=max_num_seqs,
+            engine = LLMEngine(EngineConfig.from_kwargs(
+                path, dtype=dtype, block_size=block_size, num_kv_blocks=num_blocks, max_num_seqs=max_num_seqs,
                 cache_policy=cfg.cache_policy, chunking=cfg.chunking, max_model_len=workload.max_seq_len + 1,
             ))
             result = replay(engine, workload, session_rate=session_rate, seed=seed)
@@ -168,7 +171,7 @@ def run_cache_bench(
             log(f"[bench cache] {workload.name} {cfg.name}: TTFT {row['mean TTFT ms']:.0f} ms, "
                 f"TPOT {row['mean TPOT ms']:.1f} ms, hit {row['hit rate']:.2f}")
             rows.append(row)
-    return {"rows": rows}
+    return {"dtype": dtype, "resolved_dtype": resolved, "rows": rows}
 
 
 def _vocab(path: str) -> int:

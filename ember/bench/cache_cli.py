@@ -9,7 +9,7 @@ from pathlib import Path
 def add_parsers(kinds) -> None:
     cache = kinds.add_parser("cache", help="AsymCache vs LRU/LFU/no cache, fixed vs adaptive chunking")
     cache.add_argument("--model", default="bench-llama")
-    cache.add_argument("--dtype", default="bfloat16")
+    cache.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (default)")
     cache.add_argument("--ratio", type=float, default=3.0, help="working set / KV capacity")
     cache.add_argument("--configs", default=None, help="comma list of config names (default: all)")
     cache.add_argument("--max-num-seqs", type=int, default=4)
@@ -21,7 +21,7 @@ def add_parsers(kinds) -> None:
 
     profile = kinds.add_parser("profile", help="measure and cache the step-latency model t(tokens, context)")
     profile.add_argument("--model", default="bench-llama")
-    profile.add_argument("--dtype", default="bfloat16")
+    profile.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (default)")
     profile.add_argument("--full", action="store_true", help="the full grid (default: the quick one)")
     profile.set_defaults(func=run_profile)
 
@@ -76,16 +76,19 @@ def plot_cache(rows, path: Path) -> None:
 def run_profile(args: argparse.Namespace) -> int:
     from ember.config import EngineConfig
     from ember.engine.llm_engine import LLMEngine
-    from ember.kvcache.profiler import profile_latency
+    from ember.models.loader import resolve_checkpoint_dtype
+    from ember.runner.latency import profile_latency
+    from ember.zoo import resolve_model
 
     engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, latency_model="analytic"))
     model = profile_latency(
         engine.runner,
-        max_tokens=engine.config.max_num_batched_tokens,
+        max_tokens=engine.scheduler.config.max_num_batched_tokens,
         max_context=min(engine.max_model_len, 4096),
-        max_seqs=engine.config.max_num_seqs,
+        max_seqs=engine.scheduler.config.max_num_seqs,
         quick=not args.full,
         log=print,
     )
+    print(f"dtype: {resolve_checkpoint_dtype(resolve_model(args.model), args.dtype)} (--dtype {args.dtype})")
     print(model)
     return 0

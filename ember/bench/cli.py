@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     offline = kinds.add_parser("offline", help="Ember vs transformers.generate on one checkpoint")
     offline.add_argument("--model", default=None, help="checkpoint (default: a random ~46M Llama)")
-    offline.add_argument("--dtype", default="bfloat16")
+    offline.add_argument("--dtype", default="auto",
+                         help="float32 | bfloat16 | float16 | auto (default: bf16 only on hardware with native bf16)")
     offline.add_argument("--num-prompts", type=int, default=64)
     offline.add_argument("--min-prompt-len", type=int, default=32)
     offline.add_argument("--max-prompt-len", type=int, default=384)
@@ -64,6 +65,7 @@ def run_offline(args: argparse.Namespace) -> int:
     columns = ["workload", "prompts", "new tokens each", "hf tok/s"]
     for system in systems:
         columns += [f"{system} tok/s", f"{system} / hf", f"{system} agreement"]
+    print(f"dtype: {payload['config']['resolved_dtype']} (--dtype {cfg.dtype})")
     print(markdown_table(payload["results"], columns))
     print(f"results: {write_json(Path(args.out), payload)}")
     return 0

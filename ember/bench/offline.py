@@ -35,7 +35,7 @@ BENCH_LLAMA = dict(
 @dataclass(frozen=True, kw_only=True)
 class OfflineBenchConfig:
     model: str | None = None  # a checkpoint; None writes a random-weight BENCH_LLAMA
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # resolved once per run (ember.models.loader.resolve_auto_dtype)
     num_prompts: int = 64
     min_prompt_len: int = 32
     max_prompt_len: int = 384
@@ -54,11 +54,28 @@ class OfflineBenchConfig:
         return f"ember-tp{self.tensor_parallel_size}-pp{self.pipeline_parallel_size}"
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _torch_dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise InvalidInputError(f"--dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
+    if name not in _DTYPES:
+        raise InvalidInputError(f"--dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def _check_dtype(name: str) -> None:
+    if name != "auto":
+        _torch_dtype(name)
+
+
+def resolved_dtype_name(path: str, dtype: str, device: str) -> str:
+    """``dtype`` as the concrete name every system runs in ("auto" resolved for ``path`` on
+    ``device``), so that Ember and HF compare the same precision."""
+    from ember.models.loader import resolve_checkpoint_dtype
+
+    if dtype != "auto":
+        return dtype
+    return str(resolve_checkpoint_dtype(path, "auto", device)).removeprefix("torch.")
 
 
 def write_bench_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -155,13 +172,15 @@ def self_systems(cfg: OfflineBenchConfig):
 
 
 def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
-    _torch_dtype(cfg.dtype)
+    _check_dtype(cfg.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         path = cfg.model or str(write_bench_checkpoint(Path(tmp) / "bench-llama", cfg.seed))
         import json
 
         vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
         prompts = make_prompts(cfg, vocab)
+        dtype = resolved_dtype_name(path, cfg.dtype, cfg.device)
+        log(f"[bench offline] dtype: {dtype}" + (f" (from --dtype auto on {cfg.device})" if cfg.dtype == "auto" else ""))
         results = []
         for name, workload in (
             ("throughput", prompts),
@@ -170,7 +189,7 @@ def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
             row = {"workload": name, "prompts": len(workload), "new tokens each": cfg.output_len}
             for system, runner in self_systems(cfg):
                 log(f"[bench offline] {name}: {system} ...")
-                elapsed, tokens = runner(path, cfg.dtype, workload, cfg.output_len)
+                elapsed, tokens = runner(path, dtype, workload, cfg.output_len)
                 row[f"{system} s"] = elapsed
                 row[f"{system} tok/s"] = sum(len(t) for t in tokens) / elapsed
                 row[f"_{system}_tokens"] = tokens
@@ -180,4 +199,4 @@ def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
                 row[f"{system} agreement"] = agreement(row.pop(f"_{system}_tokens"), hf_tokens)
                 log(f"[bench offline] {name}: {system} {row[f'{system} tok/s']:.1f} tok/s = {row[f'{system} / hf']:.2f}x hf")
             results.append(row)
-    return {"config": cfg.__dict__, "results": results}
+    return {"config": {**cfg.__dict__, "resolved_dtype": dtype}, "results": results}

@@ -9,12 +9,15 @@ from typing import Any
 
 import torch
 
+from ember.models.hardware import cpu_has_native_bf16
+
 
 def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.engine.llm import LLM
-from ember.sampling_params import SamplingParams
-from ember.spec.speculator import SpecStats
+from ember.core.sampling_params import SamplingParams
+from ember.speculative.speculator import SpecStats
 
 # name -> engine options (the speculative ones); the first is the baseline
 DEFAULT_SYSTEMS: dict[str, dict] = {

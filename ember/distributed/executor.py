@@ -1,7 +1,7 @@
 """The engine-side runner of a distributed instance: starts one worker process per rank
 (the engine process is not a rank), sends each step to every rank and returns the result
-rank's logits. Same interface as ModelRunner: ``run(batch) -> RunnerOutput``,
-``copy_kv``, ``block_size``.
+rank's logits: the ``ember.runner.base.Runner`` interface. A step is one ``StepRequest`` to
+every rank (its KV copies ride in the batch).
 
 Failure: the engine waits on the result pipe, every rank's pipe and every rank's process
 sentinel at once, so a rank that dies (or reports an exception) ends the wait at once;
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+from collections import Counter
 import os
 import signal
 import subprocess
@@ -26,19 +27,10 @@ from pathlib import Path
 import torch
 
 from ember.distributed.layout import ParallelLayout
-from ember.distributed.messages import (
-    CopyKV,
-    Ready,
-    Shutdown,
-    StepRequest,
-    StepResult,
-    WorkerFailed,
-    WorkerInit,
-)  # fmt: skip
-from ember.engine.batch import Batch
+from ember.core.batch import Batch, RunnerOutput
+from ember.distributed.messages import Ready, Shutdown, StepRequest, StepResult, WorkerFailed, WorkerInit
+from ember.distributed.process import free_port
 from ember.errors import WorkerError
-from ember.runner.model_runner import RunnerOutput
-from ember.train.dist_probe import free_port
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -53,7 +45,9 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class DistributedExecutor:
-    is_distributed = True
+    # NOTE: not profiled: its ranks' weights live in other processes, and tp*pp ranks timed
+    # on shared cores measure contention more than the model.
+    can_profile = False
 
     def __init__(
         self,
@@ -72,7 +66,8 @@ class DistributedExecutor:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.kv_dtype = dtype
+        self.num_messages: list[Counter[str]] = [Counter() for _ in range(layout.world_size)]  # by type
         self.step_timeout_s = step_timeout_s
         self._closed_reason: str | None = None
         self._step_ids = itertools.count()
@@ -101,6 +96,7 @@ class DistributedExecutor:
             self._sentinels.append(os.pidfd_open(proc.pid))
             self._conns.append(parent_end)
             parent_end.send(init)
+            self.num_messages[rank]["WorkerInit"] += 1
         self.num_params = 0
         for rank in range(layout.world_size):
             ready = self._receive(rank, Ready, timeout_s=start_timeout_s, doing="starting")
@@ -140,10 +136,6 @@ class DistributedExecutor:
             prompt_logits={rid: (pos, tensor(a)) for rid, (pos, a) in result.prompt_logits.items()},
             tree_logits={rid: tensor(a) for rid, a in result.tree_logits.items()},
         )
-
-    def copy_kv(self, moves: list[tuple[list[int], int, int]]) -> None:
-        if moves:
-            self._broadcast(CopyKV(moves=moves))
 
     # --------------------------------------------------------------- lifetime
     def close(self, timeout_s: float = 10.0) -> None:
@@ -201,6 +193,7 @@ class DistributedExecutor:
         for rank, conn in enumerate(self._conns):
             try:
                 conn.send(message)
+                self.num_messages[rank][type(message).__name__] += 1
             except (OSError, ValueError):
                 self._check_alive()
                 self._fail(f"tensor/pipeline worker rank {rank} is unreachable")

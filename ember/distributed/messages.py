@@ -1,6 +1,7 @@
 """Typed messages between the engine process and its rank workers (one pipe per rank).
 
-engine -> every rank:   StepRequest, CopyKV, Shutdown
+engine -> every rank:   WorkerInit (once), StepRequest (one per step: the batch, with the KV
+                        copies it applies first), Shutdown
 rank -> engine:         Ready (once, after loading), StepResult (only the result rank:
                         last pipeline stage, tensor rank 0), WorkerFailed (then it exits)
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ember.distributed.layout import ParallelLayout
-from ember.engine.batch import Batch
+from ember.core.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,6 @@ class Ready:
 class StepRequest:
     step_id: int
     batch: Batch
-
-
-@dataclass(frozen=True)
-class CopyKV:
-    """``(block_ids, src, dst)`` storage-index moves, applied in order on every rank."""
-
-    moves: list[tuple[list[int], int, int]]
 
 
 @dataclass(frozen=True)

@@ -4,71 +4,10 @@ a whole model; a stage needs the three pieces separately."""
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ember.attention import build_attention_metadata
-from ember.engine.batch import ScheduledRequest
 from ember.models.config import ModelArchConfig
-
-
-@dataclass
-class StepInputs:
-    input_ids: torch.Tensor  # [T]
-    positions: torch.Tensor  # [T]
-    meta: object  # AttentionMetadata
-    rows: list[tuple[str, str, int, int, int]]  # (kind, request id, first position, start, end)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
-
-def build_step_inputs(
-    items: list[ScheduledRequest], *, block_size: int, device: torch.device, backend: str
-) -> StepInputs:
-    """The same inputs ModelRunner builds (token ids, positions, metadata with tree masks)
-    plus which hidden rows become logits: ``sample`` (the last row), ``prompt`` and ``tree``
-    (every row)."""
-    input_ids = list(itertools.chain.from_iterable(r.token_ids for r in items))
-    positions = list(itertools.chain.from_iterable(r.positions() for r in items))
-    has_trees = any(getattr(r, "tree", None) is not None for r in items)
-    extra = {}
-    if has_trees:
-        extra["storage_index"] = torch.tensor(
-            list(itertools.chain.from_iterable(range(*r.ranges[0]) if r.tree else r.positions() for r in items)),
-            dtype=torch.long,
-        )
-        extra["tree_masks"] = [r.tree.tree_mask() if r.tree else None for r in items]
-    meta = build_attention_metadata(
-        query_lens=[r.num_tokens for r in items],
-        positions=torch.tensor(positions, dtype=torch.long),
-        kv_lens=[r.kv_len for r in items],
-        block_tables=[r.block_ids for r in items],
-        block_size=block_size,
-        device=device,
-        backend=backend,
-        **extra,
-    )
-    rows, end = [], 0
-    for item in items:
-        start, end = end, end + item.num_tokens
-        if getattr(item, "tree", None) is not None:
-            rows.append(("tree", item.request_id, 0, start, end))
-            continue
-        if item.prompt_logits:
-            rows.append(("prompt", item.request_id, item.start_position, start, end))
-        if item.sample:
-            rows.append(("sample", item.request_id, 0, end - 1, end))
-    return StepInputs(
-        torch.tensor(input_ids, dtype=torch.long, device=device),
-        torch.tensor(positions, dtype=torch.long, device=device),
-        meta,
-        rows,
-    )
 
 
 class Stage:

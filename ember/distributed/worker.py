@@ -18,22 +18,16 @@ import torch
 import torch.distributed as dist
 
 from ember.attention import allocate_kv_cache
-from ember.distributed.messages import (
-    CopyKV,
-    Ready,
-    Shutdown,
-    StepRequest,
-    StepResult,
-    WorkerFailed,
-    WorkerInit,
-)  # fmt: skip
+from ember.core.batch import ScheduledRequest
+from ember.distributed.messages import Ready, Shutdown, StepRequest, StepResult, WorkerFailed, WorkerInit
+from ember.distributed.process import exit_rank
 from ember.distributed.sharded_loader import load_shard
 from ember.distributed.shards import local_sizes
-from ember.distributed.stage import Stage, build_step_inputs
-from ember.engine.batch import ScheduledRequest
+from ember.distributed.stage import Stage
 from ember.models.config import ModelArchConfig
 from ember.models.loader import _read_json
-from ember.train.dist_mesh import exit_rank
+from ember.attention.kv_cache import apply_kv_copies
+from ember.attention.step_inputs import LogitsRows, build_step_inputs
 
 
 def split_microbatches(items: list[ScheduledRequest], count: int) -> list[list[ScheduledRequest]]:
@@ -111,10 +105,12 @@ class RankWorker:
 
     @torch.inference_mode()
     def step(self, request: StepRequest) -> StepResult | None:
+        apply_kv_copies(self.kv_caches, request.batch.kv_copies)
         pending, rows_out = [], []
         for items in split_microbatches(request.batch.requests, self.layout.pp_size):
-            inputs = build_step_inputs(items, block_size=self.init.block_size, device=self.device,
-                                       backend=self.init.attention_backend)  # fmt: skip
+            inputs = build_step_inputs(
+                items, block_size=self.init.block_size, device=self.device, backend=self.init.attention_backend
+            )
             if self.is_first:
                 h = self.stage.embed(inputs.input_ids, inputs.positions)
             else:
@@ -129,21 +125,20 @@ class RankWorker:
             work.wait()
         if not self.is_result_rank:
             return None
-        sample_ids = [rid for kind, rid, _, _ in rows_out if kind == "sample"]
-        sample = [lg for kind, _, _, lg in rows_out if kind == "sample"]
+        sample = [(r, lg) for r, lg in rows_out if r.kind == "sample"]
         vocab = self.arch.vocab_size
         return StepResult(
             step_id=request.step_id,
-            sample_ids=sample_ids,
-            logits=torch.cat(sample).numpy() if sample else torch.empty(0, vocab).numpy(),
-            prompt_logits={rid: (pos, lg.numpy()) for kind, rid, pos, lg in rows_out if kind == "prompt"},
-            tree_logits={rid: lg.numpy() for kind, rid, _, lg in rows_out if kind == "tree"},
+            sample_ids=[r.request_id for r, _ in sample],
+            logits=torch.cat([lg for _, lg in sample]).numpy() if sample else torch.empty(0, vocab).numpy(),
+            prompt_logits={r.request_id: (r.first_position, lg.numpy()) for r, lg in rows_out if r.kind == "prompt"},
+            tree_logits={r.request_id: lg.numpy() for r, lg in rows_out if r.kind == "tree"},
         )
 
-    def _logits(self, hidden: torch.Tensor, rows) -> list[tuple[str, str, int, torch.Tensor]]:
+    def _logits(self, hidden: torch.Tensor, rows: list[LogitsRows]) -> list[tuple[LogitsRows, torch.Tensor]]:
         if not rows:
             return []
-        index = torch.cat([torch.arange(s, e) for _, _, _, s, e in rows]).to(self.device)
+        index = torch.cat([torch.arange(r.start, r.end) for r in rows]).to(self.device)
         local = self.stage.local_logits(hidden[index]).contiguous()
         if self.tp_group is not None:
             parts = [torch.empty_like(local) for _ in range(self.layout.tp_size)]
@@ -151,20 +146,10 @@ class RankWorker:
             local = torch.cat(parts, dim=-1)
         logits = local[:, : self.arch.vocab_size].float().cpu()
         out, start = [], 0
-        for kind, rid, pos, s, e in rows:
-            out.append((kind, rid, pos, logits[start : start + e - s]))
-            start += e - s
+        for r in rows:
+            out.append((r, logits[start : start + r.end - r.start]))
+            start += r.end - r.start
         return out
-
-    def copy_kv(self, message: CopyKV) -> None:
-        from ember.attention.kv_cache import copy_slots
-
-        if not message.moves:
-            return
-        bs = self.init.block_size
-        src = torch.tensor([t[s // bs] * bs + s % bs for t, s, _ in message.moves], device=self.device)
-        dst = torch.tensor([t[d // bs] * bs + d % bs for t, _, d in message.moves], device=self.device)
-        copy_slots(self.kv_caches, src, dst)
 
 
 def worker_main(init: WorkerInit, conn) -> None:
@@ -184,8 +169,6 @@ def worker_main(init: WorkerInit, conn) -> None:
                 result = worker.step(message)
                 if result is not None:
                     conn.send(result)
-            elif isinstance(message, CopyKV):
-                worker.copy_kv(message)
             elif isinstance(message, Shutdown):
                 # NOTE: leave the group together (barrier) before destroying it; exit_rank
                 # skips interpreter finalization, where gloo may abort.

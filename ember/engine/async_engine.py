@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable
 from ember.engine.llm_engine import LLMEngine, PromptType
 from ember.engine.outputs import RequestOutput
 from ember.errors import EmberError
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

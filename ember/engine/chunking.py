@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ember.engine.request import Request
+from ember.core.request import Request
 from ember.kvcache.cost_model import LatencyModel
 
 

@@ -10,13 +10,13 @@ from ember.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine, PromptType
 from ember.engine.outputs import RequestOutput
 from ember.errors import InvalidInputError
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 
 class LLM:
     """Offline batched generation.
 
-    >>> llm = LLM(model="path/to/hf-checkpoint", dtype="bfloat16")
+    >>> llm = LLM(model="path/to/hf-checkpoint", dtype="auto")
     >>> outputs = llm.generate(["Hello"], SamplingParams(max_tokens=16))
     >>> outputs[0].outputs[0].text
     """

@@ -1,34 +1,41 @@
-"""The engine: glue between scheduler, model runner, sampler and output processing.
+"""The engine: the composition root of one serving instance, and its step.
 
-    step():  scheduler.schedule() -> Batch -> runner.run(batch) -> logits rows
-             -> sampler -> scheduler.update(...) -> detokenize, stop strings -> RequestOutputs
+    step():  proposals = speculator.propose(running)     token trees, or nothing
+             batch     = scheduler.schedule(proposals)   plain data, KV copies included
+             out       = runner.run(batch)               logits rows
+             samples   = sampler.sample(batch, out, ..)  plain rows and tree verification
+             updated   = scheduler.update(batch, ..)     appends, stops, frees
+             -> output processor: detokenize, stop strings (back to the scheduler), outputs
+
+The engine wires these calls and never writes request state itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import time
 from typing import Any, Union
 
 import torch
 
 from ember.config import EngineConfig
-from ember.distributed.executor import DistributedExecutor
+from ember.core.request import Request
+from ember.core.sampling import Sampler, make_generator
+from ember.core.sampling_params import SamplingParams
 from ember.distributed.layout import ParallelLayout
-from ember.distributed.sharded_loader import load_checkpoint_info
-from ember.engine.output_processor import RequestGroup, SequenceState
-from ember.engine.outputs import RequestOutput
-from ember.engine.request import Request, RequestStatus
-from ember.engine.sampler import Sampler, SamplingState, make_generator, prompt_logprobs
-from ember.engine.scheduler import Scheduler, SchedulerConfig
-from ember.errors import InvalidInputError
 from ember.engine.chunking import AdaptiveBudget
-from ember.kvcache.profiler import load_latency_model
+from ember.engine.output_processor import OutputProcessor, RequestGroup, SequenceState
+from ember.engine.outputs import RequestOutput
+from ember.engine.scheduler import Scheduler
+from ember.errors import InvalidInputError
 from ember.kvcache.factory import make_kv_cache_manager
 from ember.models.loader import load_model
 from ember.models.tokenizer import IncrementalDetokenizer
-from ember.runner.model_runner import ModelRunner, kv_bytes_per_block
-from ember.sampling_params import SamplingParams
+from ember.runner.base import Runner
+from ember.runner.factory import load_for_layout, make_runner
+from ember.runner.latency import load_latency_model
+from ember.runner.model_runner import kv_bytes_per_block
+from ember.speculative.speculator import Speculator, build_speculator
 from ember.zoo import resolve_model
 
 PromptType = Union[str, list[int], dict[str, Any]]
@@ -37,81 +44,53 @@ PromptType = Union[str, list[int], dict[str, Any]]
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        layout = ParallelLayout(config.tensor_parallel_size, config.pipeline_parallel_size)
-        if layout.is_distributed:
-            # NOTE: the engine process holds no weights; each rank worker loads its shard.
-            loaded, dtype = load_checkpoint_info(resolve_model(config.model), dtype=config.dtype, device=config.device)
-            layout.check_model(loaded.config)
-        else:
-            loaded = load_model(resolve_model(config.model), dtype=config.dtype, device=config.device)
-            dtype = next(loaded.module.parameters()).dtype
-        self.model = loaded.module  # None when distributed
+        loaded, dtype = load_for_layout(
+            resolve_model(config.model), dtype=config.dtype, device=config.device, layout=config.parallel
+        )
         self.arch = loaded.config
         self.tokenizer = loaded.tokenizer
         self.generation_config = loaded.generation_config
+        self.eos_token_ids = frozenset(loaded.eos_token_ids)
         self.device = torch.device(config.device)
         self.max_model_len = min(
-            config.max_model_len or self.arch.max_position_embeddings,
+            config.scheduler.max_model_len or self.arch.max_position_embeddings,
             self.arch.max_position_embeddings,
         )
         num_blocks = self._num_kv_blocks(dtype)
-        if layout.is_distributed:
-            self.runner = DistributedExecutor(
-                loaded.path,
-                layout,
-                num_blocks=num_blocks,
-                block_size=config.block_size,
-                dtype=dtype,
-                device=config.device,
-                attention_backend=config.attention_backend,
-            )
-        else:
-            self.runner = ModelRunner(
-                self.model,
-                self.arch,
-                num_blocks=num_blocks,
-                block_size=config.block_size,
-                dtype=dtype,
-                device=self.device,
-                attention_backend=config.attention_backend,
-                compile=config.compile,
-            )
-        self.latency_model = load_latency_model(config, self.runner, self.arch, str(loaded.path), self.max_model_len)
-        self.kv_cache = make_kv_cache_manager(
-            config.cache_policy if config.enable_prefix_caching else "none",
+        self.runner: Runner = make_runner(
+            loaded,
+            layout=config.parallel,
             num_blocks=num_blocks,
-            block_size=config.block_size,
-            latency_model=self.latency_model,
+            block_size=config.cache.block_size,
+            dtype=dtype,
+            device=config.device,
+            attention_backend=config.attention_backend,
+            compile=config.compile,
         )
-        budget_fn = None
-        if config.chunking == "adaptive":
-            target_s = (config.target_step_ms or 0) / 1e3 or self.latency_model.step_time(config.max_num_batched_tokens)
-            budget_fn = AdaptiveBudget(
-                model=self.latency_model,
-                target_s=target_s,
-                max_tokens=config.max_num_batched_tokens,
-                min_chunk=config.block_size,
-            )
-        self.scheduler = Scheduler(
-            SchedulerConfig(
-                max_num_seqs=config.max_num_seqs,
-                max_num_batched_tokens=config.max_num_batched_tokens,
+        scheduler_config = dataclasses.replace(config.scheduler, max_model_len=self.max_model_len)
+        self.latency_model = load_latency_model(
+            config.latency_model,
+            self.runner,
+            self.arch,
+            str(loaded.path),
+            max_model_len=self.max_model_len,
+            max_tokens=scheduler_config.max_num_batched_tokens,
+            max_seqs=scheduler_config.max_num_seqs,
+        )
+        self.kv_cache = make_kv_cache_manager(
+            config.cache, num_blocks=num_blocks, recompute_cost=self.latency_model.recompute_cost
+        )
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache, budget_fn=self._budget_fn(scheduler_config))
+        self.speculator: Speculator | None = None
+        if config.speculative.enabled:
+            self.speculator = build_speculator(
+                config.speculative,
+                draft_runners=self._draft_runners(num_blocks),
                 max_model_len=self.max_model_len,
-                enable_chunked_prefill=config.enable_chunked_prefill,
-            ),
-            self.kv_cache,
-            budget_fn=budget_fn,
-        )
-        self.sampler = Sampler()
-        self.speculator = None
-        if config.speculative_models:
-            from ember.spec.speculator import build_speculator
-
-            self.speculator = build_speculator(config, vocab_size=self.arch.vocab_size, num_blocks=num_blocks,
-                                               max_model_len=self.max_model_len)  # fmt: skip
-        self.eos_token_ids = frozenset(loaded.eos_token_ids)
-        self._groups: dict[str, RequestGroup] = {}
-        self._sequences: dict[str, tuple[RequestGroup, SequenceState]] = {}
+                seed=config.seed,
+            )
+        self.sampler = Sampler(verifier=self.speculator)
+        self.outputs = OutputProcessor(stop=self.scheduler.stop)
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
 
@@ -126,7 +105,7 @@ class LLMEngine:
     ) -> str:
         params = params or SamplingParams()
         request_id = str(next(self._ids)) if request_id is None else str(request_id)
-        if request_id in self._groups:
+        if request_id in self.outputs.groups:
             raise InvalidInputError(f"request id {request_id!r} is already in use", param="request_id")
         prompt_text, prompt_ids = self._process_prompt(prompt)
         self._validate(prompt_ids, params)
@@ -134,154 +113,109 @@ class LLMEngine:
         if arrival_time is not None:
             group.arrival_time = arrival_time
         for index in range(params.n):
-            seq_id = request_id if params.n == 1 else f"{request_id}#{index}"
             request = Request(
-                request_id=seq_id,
+                request_id=request_id if params.n == 1 else f"{request_id}#{index}",
                 prompt_token_ids=list(prompt_ids),
                 sampling_params=params,
                 eos_token_ids=self.eos_token_ids,
                 arrival_time=group.arrival_time,
-            )
-            seed = None if params.seed is None else params.seed + index
-            generator = None
-            if not params.is_greedy:
-                if seed is None:
-                    seed = int(torch.randint(0, 2**62, (), generator=self._seed_rng))
-                generator = make_generator(seed, self.device)
-            sampling = SamplingState(
-                params=params,
-                generator=generator,
-                prompt_token_ids=request.prompt_token_ids,
-                output_token_ids=request.output_token_ids,
-                eos_token_ids=self.eos_token_ids,
+                generator=self._generator(params, index),
             )
             detokenizer = None
             if self.tokenizer is not None:
-                detokenizer = IncrementalDetokenizer(
-                    self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens
-                )
-            seq = SequenceState(
-                request, index, sampling, detokenizer, logprobs=[] if params.logprobs is not None else None
-            )
-            group.sequences.append(seq)
-            self._sequences[seq_id] = (group, seq)
-            self.scheduler.add(request)
-        self._groups[request_id] = group
+                detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens)
+            logprobs = [] if params.logprobs is not None else None
+            group.sequences.append(SequenceState(request, index, detokenizer, logprobs=logprobs))
+        self.outputs.add(group)
+        for seq in group.sequences:
+            self.scheduler.add(seq.request)
         return request_id
 
     def abort_request(self, request_id: str) -> None:
-        group = self._groups.pop(request_id, None)
-        if group is None:
-            return
-        for seq in group.sequences:
-            self.scheduler.abort(seq.request.request_id)
-            self._sequences.pop(seq.request.request_id, None)
-            if self.speculator is not None:
-                self.speculator.release(seq.request.request_id)
+        group = self.outputs.remove(request_id)
+        if group is not None:
+            for seq in group.sequences:
+                self.scheduler.abort(seq.request.request_id)
+            self._release(group)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._groups)
+        return bool(self.outputs.groups)
 
     @property
     def num_unfinished_requests(self) -> int:
-        return len(self._groups)
+        return len(self.outputs.groups)
 
     # --------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that progressed."""
-        trees = self._propose() if self.speculator is not None else None
-        batch = self.scheduler.schedule(trees)
+        proposals = self.speculator.propose(self.scheduler.running) if self.speculator is not None else None
+        batch = self.scheduler.schedule(proposals)
         if batch.is_empty:
             return []
-        result = self.runner.run(batch)
-        states = [self._sequences[rid][1].sampling for rid in result.sample_ids]
-        sampled = self.sampler(result.logits, states)
-        for rid, (first_pos, logits) in result.prompt_logits.items():
-            self._record_prompt_logprobs(rid, first_pos, logits)
-        token_of: dict[str, int | list[int]] = dict(zip(result.sample_ids, sampled.token_ids))
-        logprobs_of = dict(zip(result.sample_ids, sampled.logprobs))
-        if result.tree_logits:
-            token_of.update(self._verify(batch, trees, result.tree_logits))
-        now = time.monotonic()
-        num_before = {
-            item.request_id: self._sequences[item.request_id][1].request.num_output_tokens
-            for item in batch.requests
-            if item.request_id in self._sequences
-        }
-        touched: dict[str, RequestGroup] = {}
-        for request in self.scheduler.update(batch, token_of):
-            group, seq = self._sequences[request.request_id]
-            group.first_token_time = group.first_token_time or now
-            request.first_token_time = request.first_token_time or now
-            first_new = num_before[request.request_id]
-            for k, token_id in enumerate(request.output_token_ids[first_new:]):
-                stop = seq.add_token(token_id, logprobs_of.get(request.request_id))
-                if stop is not None:
-                    # NOTE: a stop string inside a speculated run drops the tokens after it
-                    # (and wins over a stop those tokens hit: max_tokens, EOS).
-                    dropped = len(request.output_token_ids) - (first_new + k + 1)
-                    del request.output_token_ids[first_new + k + 1 :]
-                    if not request.is_finished:
-                        self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED, stop_reason=stop)
-                    elif dropped:
-                        request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop
-                    break
-            if request.is_finished:
-                seq.finish()
-            touched[group.request_id] = group
-        outputs = []
-        for group in touched.values():
-            if group.finished:
-                group.finished_time = now
-                self._release(group)
-            outputs.append(group.to_output())
+        out = self.runner.run(batch)
+        samples = self.sampler.sample(batch, out, self.scheduler.requests)
+        updated = self.scheduler.update(batch, samples.token_ids)
+        outputs, finished = self.outputs.process(updated, samples, out.prompt_logits)
+        for group in finished:
+            self._release(group)
         return outputs
 
     def close(self) -> None:
         """Stop the tensor/pipeline worker processes, if any (idempotent)."""
-        close = getattr(self.runner, "close", None)
-        if close is not None:
-            close()
+        self.runner.close()
+        if self.speculator is not None:
+            for runner in self._drafts:
+                runner.close()
 
     def check_integrity(self) -> None:
         self.scheduler.check_integrity()
 
     # ---------------------------------------------------------------- internals
     def _release(self, group: RequestGroup) -> None:
-        self._groups.pop(group.request_id, None)
-        for seq in group.sequences:
-            self._sequences.pop(seq.request.request_id, None)
-            if self.speculator is not None:
+        if self.speculator is not None:
+            for seq in group.sequences:
                 self.speculator.release(seq.request.request_id)
 
-    def _propose(self) -> dict:
-        sampling = {rid: seq.sampling for rid, (_, seq) in self._sequences.items()}
-        return self.speculator.propose(self.scheduler.running, sampling)
+    def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
+        if params.is_greedy:
+            return None
+        seed = params.seed + index if params.seed is not None else int(torch.randint(0, 2**62, (), generator=self._seed_rng))
+        return make_generator(seed, self.device)
 
-    def _verify(self, batch, trees: dict, tree_logits: dict) -> dict[str, list[int]]:
-        """Verify the step's trees and commit the accepted paths' KV; tokens per request."""
-        items = [item for item in batch.requests if item.tree is not None and item.request_id in self._sequences]
-        sampling = {item.request_id: self._sequences[item.request_id][1].sampling for item in items}
-        verified = self.speculator.verify(items, trees, tree_logits, sampling)
-        moves = []
-        for item in items:
-            moves += self.speculator.commit_moves(item, trees[item.request_id], verified[item.request_id])
-        self.runner.copy_kv(moves)
-        return {rid: v.token_ids for rid, v in verified.items()}
+    def _budget_fn(self, config) -> AdaptiveBudget | None:
+        if config.chunking != "adaptive":
+            return None
+        target_s = (config.target_step_ms or 0) / 1e3 or self.latency_model.step_time(config.max_num_batched_tokens)
+        return AdaptiveBudget(
+            model=self.latency_model,
+            target_s=target_s,
+            max_tokens=config.max_num_batched_tokens,
+            min_chunk=self.config.cache.block_size,
+        )
 
-    def _record_prompt_logprobs(self, seq_id: str, first_pos: int, logits: torch.Tensor) -> None:
-        group, seq = self._sequences[seq_id]
-        if seq.index != 0:
-            return
-        request = seq.request
-        n_prompt = request.num_prompt_tokens
-        rows = logits[: max(0, n_prompt - first_pos - 1)]
-        targets = request.prompt_token_ids[: first_pos + 1 + rows.shape[0]]
-        chunk = prompt_logprobs(rows, targets[first_pos:], request.sampling_params.prompt_logprobs)
-        if group.prompt_logprobs is None:
-            group.prompt_logprobs = [None]
-        if len(group.prompt_logprobs) == first_pos + 1:  # NOTE: not again after preemption
-            group.prompt_logprobs.extend(chunk[1:])
+    def _draft_runners(self, num_blocks: int) -> list[Runner]:
+        """One single-process runner per draft model the speculative config names."""
+        self._drafts: list[Runner] = []
+        for name in self.config.speculative.draft_models:
+            draft = load_model(resolve_model(name), dtype=self.config.dtype, device=self.config.device)
+            if draft.config.vocab_size != self.arch.vocab_size:
+                raise InvalidInputError(
+                    f"speculative model {name!r} has vocabulary size {draft.config.vocab_size}, the "
+                    f"target {self.arch.vocab_size}: a draft must share the target's tokenizer",
+                    param="speculative_models",
+                )
+            self._drafts.append(
+                make_runner(
+                    draft,
+                    layout=ParallelLayout(),
+                    num_blocks=num_blocks,
+                    block_size=self.config.cache.block_size,
+                    dtype=next(draft.module.parameters()).dtype,
+                    device=self.config.device,
+                    attention_backend=self.config.attention_backend,
+                )
+            )
+        return self._drafts
 
     def _process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
@@ -322,7 +256,7 @@ class LLMEngine:
                 f"is {self.max_model_len}; it must leave room for at least one new token",
                 param="prompt",
             )
-        needed = -(-(len(prompt_ids) + 1) // self.config.block_size)
+        needed = -(-(len(prompt_ids) + 1) // self.config.cache.block_size)
         if needed > self.kv_cache.num_blocks:
             raise InvalidInputError(
                 f"the prompt needs {needed} KV blocks but the cache has {self.kv_cache.num_blocks}; "
@@ -331,17 +265,18 @@ class LLMEngine:
             )
 
     def _num_kv_blocks(self, dtype: torch.dtype) -> int:
-        if self.config.num_kv_blocks is not None:
-            return self.config.num_kv_blocks
-        per_block = kv_bytes_per_block(self.arch, self.config.block_size, dtype)
-        by_memory = int(self.config.kv_cache_memory_gb * 2**30 // per_block)
+        cache = self.config.cache
+        if cache.num_kv_blocks is not None:
+            return cache.num_kv_blocks
+        per_block = kv_bytes_per_block(self.arch, cache.block_size, dtype)
+        by_memory = int(cache.kv_cache_memory_gb * 2**30 // per_block)
         # NOTE: more than every sequence at full length can ever use is wasted memory.
-        blocks_per_seq = -(-self.max_model_len // self.config.block_size)
-        by_demand = self.config.max_num_seqs * blocks_per_seq
+        blocks_per_seq = -(-self.max_model_len // cache.block_size)
+        by_demand = self.config.scheduler.max_num_seqs * blocks_per_seq
         num_blocks = min(by_memory, by_demand)
         if num_blocks < blocks_per_seq:
             raise InvalidInputError(
-                f"kv_cache_memory_gb={self.config.kv_cache_memory_gb} holds {num_blocks} blocks, "
+                f"kv_cache_memory_gb={cache.kv_cache_memory_gb} holds {num_blocks} blocks, "
                 f"fewer than one sequence of max_model_len={self.max_model_len} needs ({blocks_per_seq})",
                 param="kv_cache_memory_gb",
             )

@@ -12,7 +12,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     cumulative_logprob: float | None = None
-    logprobs: list[Any] | None = None  # per token: ember.engine.sampler.TokenLogprobs
+    logprobs: list[Any] | None = None  # per token: ember.core.sampling.TokenLogprobs
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or stop string that matched
 

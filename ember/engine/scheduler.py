@@ -10,33 +10,31 @@ is lost and greedy output is unchanged).
 
 Speculation: a decoding request handed a token tree runs the whole tree in its step (the tree
 counts against the budget; a tree that does not fit falls back to a plain decode), and
-``update`` then takes the tokens verification kept."""
+``update`` then takes the tokens verification kept and queues the KV copies that move the
+accepted path to its final slots; they ride in the next batch, before anything reads them.
+
+The scheduler owns every request's state: the engine reports what was sampled (``update``)
+and what the output processor decided (``stop`` at a stop string), never writes it."""
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Callable
 
-from ember.engine.batch import Batch, ScheduledRequest
-from ember.engine.request import Request, RequestStatus
+from ember.config import SchedulerConfig
+from ember.core.batch import Batch, KVCopy, ScheduledRequest, SerializedTree
+from ember.core.request import Request, RequestStatus
 from ember.kvcache.interface import EMPTY_MATCH, BaseKVCacheManager
-from ember.spec.token_tree import TokenTree
 
-# (running requests' contexts, candidate) -> token budget for this step; see AdaptiveBudget
+# running requests -> token budget for this step; see AdaptiveBudget
 BudgetFn = Callable[[list[Request]], int]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SchedulerConfig:
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-    enable_chunked_prefill: bool = True
 
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv_cache: BaseKVCacheManager, *, budget_fn: BudgetFn | None = None) -> None:
+        if config.max_model_len is None:
+            raise ValueError("the scheduler needs a resolved max_model_len")
         self.config = config
         self.kv_cache = kv_cache
         self.budget_fn = budget_fn
@@ -47,6 +45,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_recomputed_hole_tokens = 0
         self.num_tokens_run = 0
+        self._pending_copies: list[KVCopy] = []  # from the last update, for the next batch
 
     def add(self, request: Request) -> None:
         self.requests[request.request_id] = request
@@ -64,12 +63,13 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
-    def schedule(self, trees: dict[str, TokenTree] | None = None) -> Batch:
-        """``trees``: speculated continuations of decoding requests (root = last token)."""
+    def schedule(self, trees: Mapping[str, SerializedTree] | None = None) -> Batch:
+        """``trees``: speculated continuations of decoding requests, serialized with the root
+        (the last token) at its position ``num_tokens - 1``."""
         budget = self.budget_fn(self.running) if self.budget_fn else self.config.max_num_batched_tokens
         scheduled: list[tuple[Request, list[tuple[int, int]]]] = []
         preempted: list[str] = []
-        speculating: dict[str, TokenTree] = {}
+        speculating: dict[str, SerializedTree] = {}
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -79,9 +79,13 @@ class Scheduler:
                 i += 1
                 continue
             tree = trees.get(request.request_id) if trees else None
-            if tree is not None and 1 < tree.num_nodes <= budget and self._is_decode(request, plan):
-                start = plan[0][0]
-                plan = [(start, start + tree.num_nodes)]  # storage of the tree's nodes
+            if (
+                tree is not None
+                and 1 < tree.num_tokens <= budget
+                and self._is_decode(request, plan)
+                and tree.start_position == plan[0][0]
+            ):
+                plan = [(tree.start_position, tree.kv_len)]  # storage of the tree's nodes
                 speculating[request.request_id] = tree
             while not self.kv_cache.allocate_slots(request, self._num_new(request, plan)):
                 victim = self.running.pop()
@@ -118,12 +122,17 @@ class Scheduler:
             scheduled.append((request, plan))
             budget -= _count(plan)
 
-        return Batch([self._to_scheduled(r, plan, speculating.get(r.request_id)) for r, plan in scheduled], preempted)
+        batch = Batch([self._to_scheduled(r, plan, speculating.get(r.request_id)) for r, plan in scheduled], preempted)
+        if not batch.is_empty and self._pending_copies:
+            # NOTE: copies wait for a batch that runs: nothing reads KV in between.
+            batch = Batch(batch.requests, batch.preempted_ids, tuple(self._pending_copies))
+            self._pending_copies = []
+        return batch
 
-    def update(self, batch: Batch, sampled: dict[str, int | list[int]]) -> list[Request]:
+    def update(self, batch: Batch, sampled: Mapping[str, list[int]]) -> list[Request]:
         """Advance progress after a step; append sampled tokens and apply token-level stops.
-        A speculative item gets a list: its accepted tokens, then the bonus token. Returns the
-        requests that got new tokens (finished ones included)."""
+        A plain item gets one token; a speculative item its accepted tokens, then the bonus
+        token. Returns the requests that got new tokens (finished ones included)."""
         updated = []
         for item in batch.requests:
             request = self.requests.get(item.request_id)
@@ -135,9 +144,10 @@ class Scheduler:
                 continue
             self._advance(request, item.ranges)
             self.kv_cache.cache_computed_blocks(request)
-            token_id = sampled.get(item.request_id)
-            if token_id is None:
+            tokens = sampled.get(item.request_id)
+            if tokens is None:
                 continue
+            (token_id,) = tokens
             request.output_token_ids.append(token_id)
             status = self._check_stop(request, token_id)
             if status is not None:
@@ -145,11 +155,25 @@ class Scheduler:
             updated.append(request)
         return updated
 
+    def stop(self, request: Request, *, num_output_tokens: int, stop_reason: str) -> None:
+        """The output processor found a stop string ending at output token
+        ``num_output_tokens - 1``: drop the tokens after it and finish as stopped. A stop
+        string inside a speculated run wins over a stop its later tokens hit (max_tokens,
+        EOS); one on the very token that also hit such a stop leaves that reason."""
+        dropped = request.num_output_tokens - num_output_tokens
+        del request.output_token_ids[num_output_tokens:]
+        if not request.is_finished:
+            self.finish(request, RequestStatus.FINISHED_STOPPED, stop_reason=stop_reason)
+        elif dropped:
+            request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop_reason
+
     def _update_speculated(self, request: Request, item: ScheduledRequest, tokens: list[int]) -> None:
-        # NOTE: the root and the accepted nodes have KV at their final slots now (the engine
-        # committed it), so every appended token but the last is computed. Tokens after a
-        # stop are dropped.
+        # NOTE: the root and the accepted nodes have KV at their final slots once the queued
+        # copies run (before the next batch's tokens), so every appended token but the last
+        # is computed. Tokens after a stop are dropped.
         self.num_tokens_run += item.num_tokens
+        for src, dst in item.tree.kv_commit_moves(item.tree.accepted_nodes(tokens[:-1])):
+            self._pending_copies.append(KVCopy.within(item.block_ids, self.kv_cache.block_size, src, dst))
         status = None
         for token_id in tokens:
             request.output_token_ids.append(token_id)
@@ -252,7 +276,7 @@ class Scheduler:
         return None
 
     def _to_scheduled(
-        self, request: Request, plan: list[tuple[int, int]], tree: TokenTree | None = None
+        self, request: Request, plan: list[tuple[int, int]], tree: SerializedTree | None = None
     ) -> ScheduledRequest:
         if tree is not None:
             return ScheduledRequest(
@@ -261,7 +285,7 @@ class Scheduler:
                 ranges=plan,
                 block_ids=list(self.kv_cache.block_table(request.request_id)),
                 sample=True,
-                tree=tree.serialize(plan[0][0]),
+                tree=tree,
             )
         all_ids = request.all_token_ids
         token_ids = [t for start, end in plan for t in all_ids[start:end]]

@@ -1,22 +1,24 @@
-"""Build the KV-cache manager an engine option names."""
+"""Build the KV-cache manager the cache config names."""
 
 from __future__ import annotations
 
-from ember.kvcache.cost_model import LatencyModel
-from ember.kvcache.interface import BaseKVCacheManager
+from typing import TYPE_CHECKING, Callable
+
 from ember.kvcache.hash_manager import HashKVCacheManager
+from ember.kvcache.interface import BaseKVCacheManager
 from ember.kvcache.policies import make_policy
 from ember.kvcache.tree_manager import TreeKVCacheManager
 
+if TYPE_CHECKING:
+    from ember.config import CacheConfig
+
 
 def make_kv_cache_manager(
-    policy: str, *, num_blocks: int, block_size: int, latency_model: LatencyModel
+    config: CacheConfig, *, num_blocks: int, recompute_cost: Callable[..., float]
 ) -> BaseKVCacheManager:
-    """``asym`` | ``lru`` | ``lfu`` (prefix tree), ``hash`` (vLLM-style), ``none`` (no reuse)."""
+    """``asym`` | ``lru`` | ``lfu`` (prefix tree), ``hash`` (vLLM-style), ``none`` (no reuse,
+    also when prefix caching is off). ``recompute_cost``: the latency model's, for eviction."""
+    policy = config.effective_policy
     if policy in ("hash", "none"):
-        return HashKVCacheManager(num_blocks=num_blocks, block_size=block_size, enable_caching=policy == "hash")
-    return TreeKVCacheManager(
-        num_blocks=num_blocks,
-        block_size=block_size,
-        policy=make_policy(policy, latency_model.recompute_cost),
-    )
+        return HashKVCacheManager(num_blocks=num_blocks, block_size=config.block_size, enable_caching=policy == "hash")
+    return TreeKVCacheManager(num_blocks=num_blocks, block_size=config.block_size, policy=make_policy(policy, recompute_cost))

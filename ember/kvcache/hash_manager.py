@@ -5,7 +5,7 @@ them, oldest first (``--cache-policy hash``). AsymCache's tree manager is the al
 
 from __future__ import annotations
 
-from ember.engine.request import Request
+from ember.core.request import Request
 from ember.kvcache.block_pool import BlockPool, chain_hash
 from ember.kvcache.interface import BaseKVCacheManager, PrefixMatch
 

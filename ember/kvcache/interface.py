@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ember.engine.request import Request
+from ember.core.request import Request
 
 
 @dataclass(frozen=True)

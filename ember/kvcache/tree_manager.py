@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ember.engine.request import Request
+from ember.core.request import Request
 from ember.kvcache.interface import BaseKVCacheManager, PrefixMatch
 from ember.kvcache.policies import BaseEvictionPolicy
 from ember.kvcache.prefix_tree import PrefixTree, TreeNode

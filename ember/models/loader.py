@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ember.errors import InvalidInputError, ModelLoadError
+from ember.models import hardware
 from ember.models.config import ModelArchConfig, hf_architecture
 from ember.models.registry import get_model_class
 from ember.models.tokenizer import Tokenizer, load_tokenizer
@@ -56,9 +57,9 @@ def load_model(
 ) -> LoadedModel:
     """Load ``model`` (a checkpoint directory or a hub id such as ``"Qwen/Qwen3-0.6B"``).
 
-    ``dtype``: float32/fp32, bfloat16/bf16, float16/fp16, a torch dtype, or "auto" (the
-    checkpoint's torch_dtype off CPU, float32 on CPU). Raises ModelLoadError naming the
-    path and the problem.
+    ``dtype``: float32/fp32, bfloat16/bf16, float16/fp16, a torch dtype, or "auto" (by the
+    hardware: see ``resolve_auto_dtype``). Raises ModelLoadError naming the path and the
+    problem.
     """
     path = resolve_checkpoint(str(model))
     hf_config = _read_json(path / "config.json", required=True)
@@ -93,19 +94,52 @@ def load_model(
 def resolve_dtype(
     dtype: torch.dtype | str, config: ModelArchConfig, device: torch.device
 ) -> torch.dtype:
+    """The torch dtype for ``dtype`` (a name, a torch dtype or "auto") on ``device``."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
             raise InvalidInputError(f"unsupported dtype {dtype}", param="dtype")
         return dtype
     if dtype == "auto":
-        if device.type == "cpu" or config.torch_dtype is None:
-            return torch.float32
-        return DTYPES[config.torch_dtype]
+        return resolve_auto_dtype(config.torch_dtype, device)
     if dtype not in DTYPES:
         raise InvalidInputError(
             f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}", param="dtype"
         )
     return DTYPES[dtype]
+
+
+def resolve_auto_dtype(checkpoint_dtype: str | None, device: torch.device | str) -> torch.dtype:
+    """What ``dtype="auto"`` means (docs/engine.md, "dtype=auto").
+
+    CPU: bfloat16 only where the CPU has native bf16 arithmetic (``cpu_has_native_bf16``),
+    else float32, whatever the checkpoint says: emulated bf16 is 13-50x slower than fp32.
+    CUDA: the checkpoint's torch_dtype when it is bf16/fp16 (bf16 only where the GPU has it
+    natively, else fp16); float32 when it says float32 or nothing. Other devices: the
+    checkpoint's torch_dtype, else float32.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.bfloat16 if hardware.cpu_has_native_bf16() else torch.float32
+    if checkpoint_dtype is None:
+        return torch.float32
+    wanted = DTYPES[checkpoint_dtype]
+    if device.type == "cuda" and wanted == torch.bfloat16:
+        # NOTE: including_emulation=False: pre-Ampere GPUs "support" bf16 only emulated (slow).
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return wanted
+
+
+def resolve_checkpoint_dtype(
+    model: str | os.PathLike, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu"
+) -> torch.dtype:
+    """The dtype ``load_model(model, dtype=dtype, device=device)`` would load in, from the
+    checkpoint's config.json alone (benchmarks use it to report what "auto" chose)."""
+    path = resolve_checkpoint(str(model))
+    try:
+        config = ModelArchConfig.from_hf(_read_json(path / "config.json", required=True))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    return resolve_dtype(dtype, config, torch.device(device))
 
 
 def resolve_checkpoint(model: str) -> Path:

@@ -46,7 +46,7 @@ def run_plan_bench(
     refresh: bool = False,
     progress: bool = True,
 ) -> dict:
-    from ember.train.dist_probe import run_jobs
+    from ember.train.parallel.probe import run_jobs
 
     shape, vocab, seq_len, batches = BENCH_MODELS[model]
     spec = ProfileSpec(name=f"bench-{model}", shape=shape, vocab_size=vocab, seq_len=seq_len,

@@ -85,8 +85,8 @@ def _ddp_overhead(spec: dict, depth: int = 4) -> dict[int, float]:
     ``GradSync``: async all-reduce per layer, overlapping backward) adds to a stack of
     ``depth`` of the model's layers, per data-parallel degree, every group busy at once."""
     from ember.train.config import ModelShape
-    from ember.train.dist_sync import GradSync
     from ember.train.model_init import build_model
+    from ember.train.parallel.sync import GradSync
 
     world, repeats = dist.get_world_size(), int(spec["repeats"])
     shape = ModelShape(**{**spec["shape"], "num_layers": depth})

@@ -31,9 +31,9 @@ def measure_layer(spec: dict, depth: int = 2) -> dict:
     from torch.distributed.device_mesh import DeviceMesh
 
     from ember.train.config import ModelShape
-    from ember.train.dist_layers import tensor_parallelize_layer
-    from ember.train.dist_memory import MemoryMeter
     from ember.train.model_init import build_model
+    from ember.train.parallel.layers import tensor_parallelize_layer
+    from ember.train.parallel.memory import MemoryMeter
 
     tp = dist.get_world_size()
     shape = ModelShape(**{**spec["shape"], "num_layers": depth})
@@ -79,7 +79,7 @@ def measure_layer(spec: dict, depth: int = 2) -> dict:
 
 def _measure_ends(model, spec: dict, repeats: int) -> dict:
     """Embedding, final norm + head + loss, and AdamW per parameter (one rank)."""
-    from ember.train.dist_memory import MemoryMeter
+    from ember.train.parallel.memory import MemoryMeter
 
     seq, vocab = int(spec["seq_len"]), int(spec["vocab_size"])
     hidden = model.config.hidden_size
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from ember.train.dist_mesh import init_distributed
+    from ember.train.parallel.mesh import init_distributed
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     init_distributed()
@@ -142,6 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ember.train.dist_mesh import exit_rank
+    from ember.distributed.process import exit_rank
 
     exit_rank(main())

@@ -35,8 +35,8 @@ from ember.planner.profiles import (
     ModelProfile,
 )
 from ember.train.config import ModelShape
-from ember.train.dist_layers import tp_limit
-from ember.train.dist_probe import launch_local
+from ember.train.parallel.layers import tp_limit
+from ember.train.parallel.probe import launch_local
 
 
 @dataclass(frozen=True, kw_only=True)

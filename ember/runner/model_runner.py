@@ -1,25 +1,15 @@
-"""Runs one scheduled batch through the model: owns the KV cache tensors, builds the step's
-inputs and attention metadata, returns logits rows. It never imports the scheduler."""
+"""The single-process runner: owns the KV cache tensors, builds the step's inputs and
+attention metadata, returns logits rows. It never imports the scheduler."""
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-
 import torch
 
-from ember.attention import allocate_kv_cache, build_attention_metadata
-from ember.attention.kv_cache import copy_slots
-from ember.engine.batch import Batch
+from ember.attention import allocate_kv_cache
+from ember.core.batch import Batch, RunnerOutput
 from ember.models.config import ModelArchConfig
-
-
-@dataclass(frozen=True)
-class RunnerOutput:
-    sample_ids: list[str]  # request ids, one per row of ``logits``
-    logits: torch.Tensor  # [len(sample_ids), vocab] fp32
-    prompt_logits: dict[str, tuple[int, torch.Tensor]]  # id -> (first position, [n, vocab])
-    tree_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # id -> [nodes, vocab]
+from ember.attention.kv_cache import apply_kv_copies
+from ember.attention.step_inputs import build_step_inputs
 
 
 def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -28,6 +18,8 @@ def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtyp
 
 
 class ModelRunner:
+    can_profile = True
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -43,7 +35,10 @@ class ModelRunner:
         self.model = model
         self.arch = arch
         self.block_size = block_size
-        self.device = device
+        self.num_blocks = num_blocks
+        self.kv_dtype = dtype
+        self.device = torch.device(device)
+        self.num_params = sum(p.numel() for p in model.parameters())
         self.attention_backend = attention_backend
         self.compiled = compile
         if compile:
@@ -58,69 +53,34 @@ class ModelRunner:
             num_kv_heads=arch.num_kv_heads,
             head_dim=arch.head_dim,
             dtype=dtype,
-            device=device,
+            device=self.device,
         )
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> RunnerOutput:
-        items = batch.requests
-        input_ids = list(itertools.chain.from_iterable(r.token_ids for r in items))
-        positions = list(itertools.chain.from_iterable(r.positions() for r in items))
-        query_lens = [r.num_tokens for r in items]
-        has_trees = any(r.tree is not None for r in items)
-        storage = tree_masks = None
-        if has_trees:
-            storage = torch.tensor(
-                list(itertools.chain.from_iterable(range(*r.ranges[0]) if r.tree else r.positions() for r in items)),
-                dtype=torch.long,
-            )
-            tree_masks = [r.tree.tree_mask() if r.tree else None for r in items]
-        meta = build_attention_metadata(
-            query_lens=query_lens,
-            positions=torch.tensor(positions, dtype=torch.long),
-            kv_lens=[r.kv_len for r in items],
-            block_tables=[r.block_ids for r in items],
+        apply_kv_copies(self.kv_caches, batch.kv_copies)
+        if batch.is_empty:
+            return RunnerOutput([], torch.empty(0, self.arch.vocab_size, device=self.device), {})
+        inputs = build_step_inputs(
+            batch.requests,
             block_size=self.block_size,
-            storage_index=storage,
-            tree_masks=tree_masks,
             device=self.device,
             backend=self.attention_backend,
             compiled=self.compiled,
         )
-        hidden = self.model(
-            torch.tensor(input_ids, dtype=torch.long, device=self.device),
-            meta.slot_mapping.new_tensor(positions),
-            self.kv_caches,
-            meta,
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+
+        def logits(start: int, end: int) -> torch.Tensor:
+            return self.model.compute_logits(hidden[start:end]).float()
+
+        # NOTE: sample rows go through the LM head together, prompt and tree rows per request.
+        sample = [r for r in inputs.rows if r.kind == "sample"]
+        return RunnerOutput(
+            sample_ids=[r.request_id for r in sample],
+            logits=self.model.compute_logits(hidden[[r.start for r in sample]]).float(),
+            prompt_logits={r.request_id: (r.first_position, logits(r.start, r.end)) for r in inputs.rows if r.kind == "prompt"},
+            tree_logits={r.request_id: logits(r.start, r.end) for r in inputs.rows if r.kind == "tree"},
         )
 
-        sample_rows, sample_ids, prompt_rows, tree_rows = [], [], {}, {}
-        end = 0
-        for item in items:
-            start, end = end, end + item.num_tokens
-            if item.tree is not None:
-                tree_rows[item.request_id] = (start, end)
-                continue
-            if item.prompt_logits:
-                prompt_rows[item.request_id] = (item.start_position, start, end)
-            if item.sample:
-                sample_rows.append(end - 1)
-                sample_ids.append(item.request_id)
-        logits = self.model.compute_logits(hidden[sample_rows]).float()
-        prompt_logits = {
-            rid: (pos, self.model.compute_logits(hidden[s:e]).float())
-            for rid, (pos, s, e) in prompt_rows.items()
-        }
-        tree_logits = {rid: self.model.compute_logits(hidden[s:e]).float() for rid, (s, e) in tree_rows.items()}
-        return RunnerOutput(sample_ids, logits, prompt_logits, tree_logits)
-
-    @torch.inference_mode()
-    def copy_kv(self, moves: list[tuple[list[int], int, int]]) -> None:
-        """Copy KV between storage indices of requests: ``(block_ids, src, dst)`` each, applied
-        in order (speculation commits an accepted path to its final slots this way)."""
-        if not moves:
-            return
-        bs = self.block_size
-        src = torch.tensor([t[s // bs] * bs + s % bs for t, s, _ in moves], device=self.device)
-        dst = torch.tensor([t[d // bs] * bs + d % bs for t, _, d in moves], device=self.device)
-        copy_slots(self.kv_caches, src, dst)
+    def close(self) -> None:
+        """Nothing to release: the model lives in this process."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ember.engine.sampler import TokenLogprobs
+from ember.core.sampling import TokenLogprobs
 from ember.server.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 

@@ -7,16 +7,22 @@ and vLLM's servers do, so newer clients keep working.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ember.sampling_params import MAX_LOGPROBS
+from ember.core.sampling_params import MAX_LOGPROBS, SamplingParams
 
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 # NOTE: the range torch.Generator.manual_seed accepts, as SamplingParams checks it.
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+
+# Request fields that mirror a SamplingParams field default to its value (the declared
+# defaults, not a normalised instance: `stop` stays None). The ones that differ on purpose
+# say so where they are declared.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
 
 
 class OpenAIModel(BaseModel):
@@ -31,25 +37,27 @@ class SamplingRequest(OpenAIModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = Field(None, description="a served model name; default: the served model")
-    n: int = Field(1, ge=1, le=128)
+    n: int = Field(_DEFAULTS["n"], ge=1, le=128)
+    # NOTE: None on purpose for temperature .. repetition_penalty: unset means the model's
+    # generation_config, else SamplingParams' default (vLLM's `--generation-config auto`).
     temperature: float | None = Field(
-        None, ge=0.0, description="default: the model's generation_config, else 1"
+        None, ge=0.0, description=f"default: the model's generation_config, else {_DEFAULTS['temperature']:g}"
     )
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1, le=2**31 - 1, description="0 or -1: off")
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(_DEFAULTS["presence_penalty"], ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(_DEFAULTS["frequency_penalty"], ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
-    stop: str | list[str] | None = None
-    stop_token_ids: list[TokenId] | None = None
-    seed: Seed | None = None
+    stop: str | list[str] | None = _DEFAULTS["stop"]
+    stop_token_ids: list[TokenId] | None = _DEFAULTS["stop_token_ids"]
+    seed: Seed | None = _DEFAULTS["seed"]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
-    skip_special_tokens: bool = True
-    include_stop_str_in_output: bool = False
+    ignore_eos: bool = _DEFAULTS["ignore_eos"]
+    min_tokens: int = Field(_DEFAULTS["min_tokens"], ge=0)
+    skip_special_tokens: bool = _DEFAULTS["skip_special_tokens"]
+    include_stop_str_in_output: bool = _DEFAULTS["include_stop_str_in_output"]
     user: str | None = None
 
 
@@ -57,8 +65,10 @@ class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str], list[TokenId], list[list[TokenId]]] = Field(
         description="text, token ids, or a list of either (one choice set per prompt)"
     )
+    # NOTE: 16 is OpenAI's documented default for /v1/completions, part of the API whatever
+    # SamplingParams' default is.
     max_tokens: int | None = Field(16, ge=1, description="null: up to the context length")
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: int | None = Field(_DEFAULTS["logprobs"], ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
 
@@ -80,6 +90,8 @@ class ResponseFormat(OpenAIModel):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    # NOTE: OpenAI's chat shapes, not SamplingParams': no max_tokens means up to the context
+    # length, and logprobs is a switch (top_logprobs says how many).
     max_tokens: int | None = Field(None, ge=1, description="deprecated alias of max_completion_tokens")
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from ember.core.sampling_params import SamplingParams
 from ember.engine.async_engine import AsyncLLMEngine, RequestStream
 from ember.engine.outputs import RequestOutput
 from ember.errors import InvalidInputError
-from ember.sampling_params import SamplingParams
 from ember.server.config import ServerConfig
 from ember.server.errors import APIError, context_length_error
 from ember.server.logprobs import TokenStrings
@@ -122,19 +122,19 @@ class ServingContext:
             raise context_length_error(self.max_model_len, num_prompt_tokens, max_tokens, prompt_param)
         if request.stream_options is not None and not request.stream:
             raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
-        chosen = {
-            k: getattr(request, k) if getattr(request, k) is not None else self.defaults.get(k)
-            for k in _GENERATION_DEFAULTS
-        }
+        # Set in the request, else in generation_config, else left out: SamplingParams' default.
+        chosen = {}
+        for k in _GENERATION_DEFAULTS:
+            value = getattr(request, k)
+            if value is None:
+                value = self.defaults.get(k)
+            if value is not None:
+                chosen[k] = value
         return SamplingParams(
+            **chosen,
             n=request.n,
             max_tokens=max_tokens,
             min_tokens=request.min_tokens,
-            temperature=1.0 if chosen["temperature"] is None else chosen["temperature"],
-            top_p=1.0 if chosen["top_p"] is None else chosen["top_p"],
-            top_k=0 if chosen["top_k"] is None else chosen["top_k"],
-            min_p=0.0 if chosen["min_p"] is None else chosen["min_p"],
-            repetition_penalty=1.0 if chosen["repetition_penalty"] is None else chosen["repetition_penalty"],
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             seed=request.seed,

@@ -8,7 +8,7 @@ from ember.cli import main
 if __name__ == "__main__":
     code = main(["train", *sys.argv[1:]])
     if "RANK" in os.environ:  # a launched rank: skip the finalization that can abort gloo
-        from ember.train.dist_mesh import exit_rank
+        from ember.distributed.process import exit_rank
 
         exit_rank(code)
     sys.exit(code)

@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     if args.plan and not args.prepare_only:
-        from ember.train.dist_run import run_planned
+        from ember.train.parallel.run import run_planned
 
         run_planned(recipe, options, Path(args.plan).expanduser())
         return 0

@@ -23,14 +23,14 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from ember.planner.strategy import Plan
-from ember.train.dist_layers import (
+from ember.train.parallel.layers import (
     CheckpointedLayer,
     tensor_parallelize_layer,
     tp_limit,
 )
-from ember.train.dist_mesh import PlanMesh
-from ember.train.dist_stage import StageModule
-from ember.train.dist_sync import GradSync, replication
+from ember.train.parallel.mesh import PlanMesh
+from ember.train.parallel.stage import StageModule
+from ember.train.parallel.sync import GradSync, replication
 
 
 @dataclass
@@ -88,7 +88,7 @@ def parallelize(
         if s.dp_type != "ddp" and dp > 1:
             mesh_dp = mesh.dp_tp_mesh(s.tp)["dp"] if s.tp > 1 else mesh.dp_mesh(1)
             fully_shard(layer, mesh=mesh_dp, reshard_after_forward=s.dp_type == "zero3")
-            # NOTE: sums, not means (see ember.train.dist_sync); gloo has no pre-scaled sum.
+            # NOTE: sums, not means (see ember.train.parallel.sync); gloo has no pre-scaled sum.
             layer.set_gradient_divide_factor(1.0)
             layer.set_force_sum_reduction_for_comms(True)
         elif dp > 1:

@@ -70,8 +70,9 @@ def test_unsupported_layouts_are_rejected_with_the_field(layout, overrides, fiel
 def test_engine_config_validates_degrees():
     from ember.config import EngineConfig
 
-    assert EngineConfig(model="m", tensor_parallel_size=2, pipeline_parallel_size=2).tensor_parallel_size == 2
+    config = EngineConfig.from_kwargs("m", tensor_parallel_size=2, pipeline_parallel_size=2)
+    assert config.parallel.tensor_parallel_size == 2 and config.parallel.world_size == 4
     with pytest.raises(InvalidInputError, match="pipeline_parallel_size"):
-        EngineConfig(model="m", pipeline_parallel_size=0)
+        EngineConfig.from_kwargs("m", pipeline_parallel_size=0)
     with pytest.raises(InvalidInputError, match="tensor_parallel_size"):
-        EngineConfig(model="m", tensor_parallel_size=-2)
+        EngineConfig.from_kwargs("m", tensor_parallel_size=-2)

@@ -6,7 +6,7 @@ import torch
 from engine_util import greedy, prompt_logits_in_two_chunks, random_prompts, run_checked
 
 from ember.distributed.worker import split_microbatches
-from ember.engine.batch import ScheduledRequest
+from ember.core.batch import ScheduledRequest
 from ember.engine.llm import LLM
 
 NUM_NEW = 6

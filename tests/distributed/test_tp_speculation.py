@@ -1,7 +1,7 @@
 """Speculation on a tensor-parallel target: trees and KV commits run on every rank."""
 
 from ember.engine.llm import LLM
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 PROMPTS = ['"""Utilities for parsing."""\n\nimport re\n', "def fibonacci(n):"]
 

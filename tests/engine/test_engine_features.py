@@ -4,7 +4,7 @@ import pytest
 
 from engine_util import greedy, run_checked
 from ember.engine.llm import LLM
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from ember.engine.llm import LLM
 from ember.errors import InvalidInputError, ModelLoadError
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from ember.engine.sampler import (
+from ember.core.sampling import (
     Sampler,
     SamplingState,
     apply_penalties,
@@ -14,7 +14,7 @@ from ember.engine.sampler import (
     penalize,
     prompt_logprobs,
 )
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 # probs 0.5, 0.3, 0.15, 0.05 (distinct masses, so no rule lands on a boundary)
 FOUR = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()

@@ -7,7 +7,7 @@ import pytest
 from ember.cli import main
 from ember.planner.strategy import LayerStrategy as S
 from ember.planner.strategy import Plan
-from ember.train.dist_probe import launch_local
+from ember.train.parallel.probe import launch_local
 
 
 def test_plan_analytic_prints_table_and_saves(tmp_path, capsys):

@@ -5,7 +5,7 @@ import pytest
 
 from ember.planner.strategy import LayerStrategy as S
 from ember.planner.strategy import Plan, uniform_plan
-from ember.train.dist_probe import reference_run, run_jobs
+from ember.train.parallel.probe import reference_run, run_jobs
 
 
 def _spec(*, kv_heads=2, tied=False, steps=3):

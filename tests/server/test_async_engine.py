@@ -10,7 +10,7 @@ from ember.config import EngineConfig
 from ember.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineOverloadedError
 from ember.engine.llm_engine import LLMEngine
 from ember.errors import InvalidInputError
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 LONG = SamplingParams(temperature=0.0, max_tokens=450, ignore_eos=True)
 
@@ -19,7 +19,7 @@ LONG = SamplingParams(temperature=0.0, max_tokens=450, ignore_eos=True)
 def llm(debug_llama):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield LLMEngine(EngineConfig(model=str(debug_llama), dtype="float32", max_num_seqs=1))
+    yield LLMEngine(EngineConfig.from_kwargs(str(debug_llama), dtype="float32", max_num_seqs=1))
     torch.set_num_threads(threads)
 
 

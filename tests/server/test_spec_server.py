@@ -22,7 +22,7 @@ def spec_http(tmp_path_factory):
 
 def test_speculative_server_serves_greedy_output_and_reports_acceptance(spec_http):
     from ember.engine.llm import LLM
-    from ember.sampling_params import SamplingParams
+    from ember.core.sampling_params import SamplingParams
 
     want = LLM(model="ember-tiny").generate(PROMPT, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 32, "temperature": 0, "ignore_eos": True}

@@ -62,7 +62,7 @@ def test_ember_and_transformers_agree(exported):
         )[0, len(ids):].tolist()  # fmt: skip
 
     from ember.engine.llm import LLM
-    from ember.sampling_params import SamplingParams
+    from ember.core.sampling_params import SamplingParams
 
     llm = LLM(str(path), dtype="float32")
     (result,) = llm.generate({"prompt_token_ids": ids},

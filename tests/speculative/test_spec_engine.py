@@ -13,7 +13,7 @@ from scipy import stats
 from engine_util import run_checked
 from ember.engine.llm import LLM
 from ember.errors import EmberError, InvalidInputError
-from ember.sampling_params import SamplingParams
+from ember.core.sampling_params import SamplingParams
 
 PROMPTS = [
     "def fibonacci(n):",
@@ -189,7 +189,7 @@ def test_sampled_speculation_follows_the_target_distribution(sampled_pair):
 
 
 def test_a_wrong_acceptance_rule_fails_the_same_test(sampled_pair, monkeypatch):
-    import ember.spec.verify as verify
+    import ember.speculative.verify as verify
 
     def accept_if_in_target_top_k(u, p, q, token, k=20):
         return p.gather(1, token[:, None]).squeeze(1) >= p.topk(k, dim=-1).values[:, -1]

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from ember.train.config import TrainConfig
 from ember.train.data import TrainBatches
-from ember.train.dist_sync import clip_grad_norm, local
 from ember.train.optim import build_scheduler
+from ember.train.parallel.sync import clip_grad_norm, local
 from ember.train.parallelize import ParallelModel, build_optimizer
 from ember.train.trainer import StepResult
 
@@ -69,7 +69,7 @@ class DistTrainer:
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # NOTE: divided by every rank and micro-batch of the step, so that gradients add up
-        # (ember.train.dist_sync) to those of the mean loss.
+        # (ember.train.parallel.sync) to those of the mean loss.
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
         plan = self.parallel.plan
         return loss / (plan.devices_per_stage * plan.num_micro_batches)

@@ -16,7 +16,7 @@ is topological (parent index < child index) and is the serialized order.
 Each node keeps its *draws*: the children proposed at it, in the order verification tries them.
 A draw records the distribution q its token was sampled from; ``None`` means a deterministic
 pick (top-k, n-gram), i.e. q is a point mass at the token. Multi-step speculative sampling
-(``ember.spec.verify``, where the one-line proof is) is lossless whenever
+(``ember.speculative.verify``, where the one-line proof is) is lossless whenever
 
     # NOTE (the draw invariant): given the tree above a node and the earlier draws at it (in
     # this order, by any proposer), each draw's token is distributed as its recorded q.
@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
+
+from ember.core.batch import SerializedTree
 
 
 class Draw(NamedTuple):
@@ -43,39 +44,6 @@ class Draw(NamedTuple):
     token_id: int
     proposer: int  # which proposer made it
     probs: torch.Tensor | None  # [V] what the token was drawn from; None = deterministic pick
-
-
-@dataclass(frozen=True)
-class SerializedTree:
-    """What one step runs for the tree: node i is query i, at storage ``start_position + i``.
-
-    Plain lists for the scheduler; ``tree_mask`` builds the one tensor attention needs.
-    """
-
-    token_ids: list[int]  # [Q], node order; node 0 is the root
-    positions: list[int]  # [Q] start_position + depth
-    parent_indices: list[int | None]  # [Q]; the root has None
-    start_position: int  # the root's position = committed tokens before this step
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def kv_len(self) -> int:
-        """Keys of the request this step: context plus every tree token."""
-        return self.start_position + self.num_tokens
-
-    @property
-    def storage_indices(self) -> range:
-        """Where node i's KV is written: ``start_position + i`` (``storage_index`` of
-        ``build_attention_metadata``; it differs from the positions below the first branch)."""
-        return range(self.start_position, self.kv_len)
-
-    def tree_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``[Q, Q]`` bool ancestor-or-self matrix, the ``tree_masks`` entry of
-        ``ember.attention.build_attention_metadata``."""
-        return ancestor_matrix(self.parent_indices, device=device)
 
 
 class TokenTree:
@@ -231,6 +199,40 @@ def merge_trees(trees: Sequence[TokenTree]) -> TokenTree:
     return merged
 
 
+def expand_trees(
+    trees: Sequence[TokenTree],
+    expansion: Sequence[int],
+    next_probs: Callable[[int, list[int], list[list[int]]], Sequence[torch.Tensor]],
+    *,
+    max_depths: Sequence[int],
+    generators: Sequence[torch.Generator | None],
+    proposer: int = 0,
+) -> None:
+    """SpecInfer's expansion-based trees for expansion config ``<k1, ..., km>``, a batch at a
+    time: grows each root-only tree in ``trees`` in place.
+
+    At depth d every frontier node of tree b (while ``d <= max_depths[b]``) gets ``k_d``
+    children. ``next_probs(d, batch, frontiers)`` returns, for the trees ``batch`` (indices
+    into ``trees``) and their frontier nodes, the draft's distributions ``[F_b, V]`` at those
+    nodes (one batched draft pass per depth). A tree with a generator gets its children
+    sampled without replacement (soft draws: good acceptance under stochastic verification);
+    without one, the top-k (deterministic picks, still lossless, best for greedy
+    verification). Zero-probability tokens are never proposed.
+    """
+    if any(k < 1 for k in expansion):
+        raise ValueError(f"expansion must hold positive widths, got {list(expansion)}")
+    frontiers = {b: [0] for b in range(len(trees))}
+    for depth, k in enumerate(expansion, start=1):
+        batch = [b for b in frontiers if depth <= max_depths[b]]
+        if not batch:
+            return
+        probs_of = next_probs(depth, batch, [frontiers[b] for b in batch])
+        frontiers = {
+            b: _add_expansion(trees[b], frontiers[b], probs, k, generators[b], proposer)
+            for b, probs in zip(batch, probs_of, strict=True)
+        }
+
+
 def expand_tree(
     root_token_id: int,
     expansion: Sequence[int],
@@ -239,54 +241,33 @@ def expand_tree(
     proposer: int = 0,
     generator: torch.Generator | None = None,
 ) -> TokenTree:
-    """SpecInfer's expansion-based tree for expansion config ``<k1, ..., km>``.
-
-    At depth i every frontier node gets ``k_i`` children from ``next_probs(paths)``, which maps
-    the frontier's token paths (root first) to draft probabilities ``[F, V]``. With a
-    ``generator`` the children are sampled without replacement (soft draws: good acceptance
-    under stochastic verification); without one they are the top-k (deterministic picks, still
-    lossless, best for greedy verification). Zero-probability tokens are never proposed.
-    """
-    if any(k < 1 for k in expansion):
-        raise ValueError(f"expansion must hold positive widths, got {list(expansion)}")
+    """``expand_trees`` for one tree: ``next_probs`` maps the frontier's token paths (root
+    first) to draft probabilities ``[F, V]``."""
     tree = TokenTree(root_token_id)
-    frontier = [0]
-    for k in expansion:
-        probs = next_probs([tree.path_token_ids(n) for n in frontier])
-        probs = probs / probs.sum(dim=-1, keepdim=True)  # NOTE: a draw records a true distribution
-        widths = (probs > 0).sum(dim=-1).clamp_max(k).tolist()  # one host sync per depth
-        top = (
-            probs.topk(min(k, probs.shape[-1]), dim=-1).indices.tolist()
-            if generator is None
-            else None
-        )
-        new_frontier = []
-        for row, (node, width) in enumerate(zip(frontier, widths)):
-            if top is not None:
-                new_frontier += [
-                    tree.add_child(node, t, proposer=proposer) for t in top[row][:width]
-                ]
-            else:
-                q = probs[row]
-                tokens = torch.multinomial(q, width, replacement=False, generator=generator)
-                new_frontier += tree.add_sampled_children(
-                    node, tokens.tolist(), q, proposer=proposer
-                )
-        frontier = new_frontier
+    expand_trees(
+        [tree],
+        expansion,
+        lambda depth, batch, frontiers: [next_probs([tree.path_token_ids(n) for n in frontiers[0]])],
+        max_depths=[len(expansion)],
+        generators=[generator],
+        proposer=proposer,
+    )
     return tree
 
 
-def ancestor_matrix(
-    parent_indices: Sequence[int | None], device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Parents in topological order (root: None) -> ``[Q, Q]`` bool, ``[i, j]`` true iff node j
-    is node i or one of its ancestors."""
-    q = len(parent_indices)
-    mask = np.zeros((q, q), dtype=bool)
-    for i, parent in enumerate(parent_indices):
-        if parent is not None:
-            if not 0 <= parent < i:
-                raise ValueError(f"parent of node {i} must precede it, got {parent}")
-            mask[i] = mask[parent]
-        mask[i, i] = True
-    return torch.from_numpy(mask).to(device)
+def _add_expansion(
+    tree: TokenTree, frontier: list[int], probs: torch.Tensor, k: int, generator, proposer: int
+) -> list[int]:
+    """``k`` children for every frontier node (``probs`` ``[F, V]``); returns the new frontier."""
+    widths = (probs > 0).sum(dim=-1).clamp_max(k).tolist()  # one host sync per depth
+    children: list[int] = []
+    if generator is None:
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1).indices.tolist()
+        for node, tokens, width in zip(frontier, top, widths):
+            children += [tree.add_child(node, t, proposer=proposer) for t in tokens[:width]]
+        return children
+    for node, q, width in zip(frontier, probs, widths):
+        q = q / q.sum()  # NOTE: a draw records a true distribution
+        tokens = torch.multinomial(q, width, replacement=False, generator=generator)
+        children += tree.add_sampled_children(node, tokens.tolist(), q, proposer=proposer)
+    return children

@@ -9,7 +9,7 @@ every verify step emits ``len(accepted_nodes) + 1`` tokens.
                  greedy decoding with the same logits would emit
     stochastic   multi-step speculative sampling (MSS): the emitted tokens follow the target's
                  sampling distribution exactly, for any tree whose draws keep the draw
-                 invariant (``ember.spec.token_tree``)
+                 invariant (``ember.speculative.token_tree``)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ember.engine.sampler import SamplingState, penalize, sampling_probs
-from ember.spec.token_tree import TokenTree
+from ember.core.sampling import SamplingState, penalize, sampling_probs
+from ember.speculative.token_tree import TokenTree
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def speculative_sample_tree(
         node = child
         p = torch.where(accepted[:, None], target_probs[row_offsets + node], p)
         walking = accepted
-    # NOTE: exponential race as in ember.engine.sampler.draw: argmax p / E is y w.p. p(y).
+    # NOTE: exponential race as in ember.core.sampling.draw: argmax p / E is y w.p. p(y).
     bonus = (p / bonus_noise.clamp_min(torch.finfo(p.dtype).tiny)).argmax(dim=-1)
     return path, num_accepted, bonus
 
@@ -231,20 +231,6 @@ def tree_target_ids(
     """``logits`` ``[N, V]`` for every node -> ``[N]`` greedy argmax after each node's
     penalties and min_tokens mask (as ``Sampler`` does for greedy rows)."""
     return penalize(logits.float(), _node_states(trees, states)).argmax(dim=-1)
-
-
-def kv_commit_moves(
-    tree: TokenTree, accepted_nodes: Sequence[int], start_position: int
-) -> list[tuple[int, int]]:
-    """``(src, dst)`` storage indices that move the accepted path's KV from tree slots
-    (``start + node``) to final slots (``start + depth``); nodes already in place are skipped.
-
-    Moves are ordered by depth, and dst < every later src (a node's index is at least its
-    depth), so copying them one after another in place is safe. Storage from
-    ``start + 1 + len(accepted_nodes)`` on holds rejected branches and can be released.
-    """
-    moves = [(start_position + n, start_position + tree.depths[n]) for n in accepted_nodes]
-    return [(src, dst) for src, dst in moves if src != dst]
 
 
 def _node_states(

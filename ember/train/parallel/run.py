@@ -28,11 +28,11 @@ from ember.train.config import Recipe
 def run_planned(recipe: Recipe, options, plan_path: Path):
     """Train ``recipe`` on this rank of ``plan_path``'s plan; returns ``fit``'s result."""
     from ember.train.data import TrainBatches
-    from ember.train.dist_memory import MemoryMeter
-    from ember.train.dist_mesh import PlanMesh, init_distributed
-    from ember.train.dist_trainer import DistTrainer
     from ember.train.loop import fit
     from ember.train.model_init import build_model
+    from ember.train.parallel.memory import MemoryMeter
+    from ember.train.parallel.mesh import PlanMesh, init_distributed
+    from ember.train.parallel.trainer import DistTrainer
     from ember.train.parallelize import parallelize
     from ember.train.run import prepare_data, with_overrides
 

@@ -1,9 +1,10 @@
-"""SpecInfer in the engine step: propose trees, verify them from one target pass, commit.
+"""SpecInfer in the engine step: propose trees, then verify them from one target pass.
 
-    step:  propose(running)  -> one merged tree per decoding request (root = last token)
-           scheduler         -> the tree's nodes run as that request's tokens (tree attention)
-           verify(...)       -> greedy or multi-step speculative sampling per request
-           commit_moves(...) -> KV slot copies that put the accepted path at its final slots
+    propose(running)  -> one merged tree per decoding request (root = last token), serialized
+                         for the scheduler; the proposal itself (draws and their q) stays here
+    scheduler         -> the tree's nodes run as that request's tokens (tree attention)
+    verify(...)       -> called by the sampler: greedy or multi-step speculative sampling per
+                         request; the scheduler then commits the accepted path's KV
 
 Speculation is adaptive: above ``max_batch_size`` running requests a plain decode step is
 already compute-efficient, and the extra tree tokens cost more than the steps they save, so
@@ -14,19 +15,21 @@ Requests that ask for logprobs are not speculated (their logprobs come from the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine.batch import ScheduledRequest
-from ember.engine.request import Request
-from ember.engine.sampler import SamplingState
-from ember.spec.proposers import BaseProposer, DraftRequest
-from ember.spec.token_tree import TokenTree, merge_trees
-from ember.spec.verify import (
+from ember.core.batch import ScheduledRequest, SerializedTree
+from ember.core.request import Request
+from ember.core.sampling import SamplingState
+from ember.config import SpeculativeConfig
+from ember.runner.base import Runner
+from ember.speculative.draft import DraftModelProposer
+from ember.speculative.proposers import BaseProposer, DraftRequest, NgramConfig, NgramProposer
+from ember.speculative.token_tree import TokenTree, merge_trees
+from ember.speculative.verify import (
     Verified,
-    kv_commit_moves,
     tree_target_ids,
     tree_target_probs,
     verify_greedy,
@@ -85,8 +88,12 @@ class Speculator:
         self.max_model_len = max_model_len
         self.max_batch_size = max_batch_size
         self.stats = SpecStats(accepted_by_depth=[0] * max_depth)
+        self._proposed: dict[str, TokenTree] = {}  # this step's proposals, by request id
 
-    def propose(self, running: Sequence[Request], sampling: dict[str, SamplingState]) -> dict[str, TokenTree]:
+    def propose(self, running: Sequence[Request]) -> dict[str, SerializedTree]:
+        """Trees for the decoding requests of ``running``, serialized at their root's position
+        (``num_tokens - 1``); kept until ``verify``."""
+        self._proposed = {}
         if not running or len(running) > self.max_batch_size:
             return {}
         requests = []
@@ -99,44 +106,46 @@ class Speculator:
             if params.max_tokens is not None:
                 depth = min(depth, params.max_tokens - r.num_output_tokens - 1)
             if depth > 0:
-                requests.append(DraftRequest(r.request_id, r.all_token_ids, depth, sampling[r.request_id]))
+                requests.append(DraftRequest(r.request_id, r.all_token_ids, depth, SamplingState.of(r)))
         if not requests:
             return {}
         start = time.perf_counter()
         per_proposer = [p.propose(requests) for p in self.proposers]
-        trees = {}
+        serialized = {}
         for i, r in enumerate(requests):
             own = [trees_of[i] for trees_of in per_proposer]
             tree = own[0] if len(own) == 1 else merge_trees(own)
             if tree.num_nodes > 1:
-                trees[r.request_id] = tree
+                self._proposed[r.request_id] = tree
+                serialized[r.request_id] = tree.serialize(len(r.token_ids) - 1)
         self.stats.draft_s += time.perf_counter() - start
-        return trees
+        return serialized
 
     def verify(
         self,
         items: Sequence[ScheduledRequest],
-        trees: dict[str, TokenTree],
-        logits: dict[str, torch.Tensor],
-        sampling: dict[str, SamplingState],
-    ) -> dict[str, Verified]:
-        """Verify the trees the step ran; tells every proposer what was accepted."""
+        logits: Mapping[str, torch.Tensor],
+        states: Mapping[str, SamplingState],
+    ) -> dict[str, list[int]]:
+        """Verify the trees the step ran (``ember.core.sampling.TreeVerifier``): per request the
+        accepted tokens and the bonus token. Tells every proposer what was accepted."""
         start = time.perf_counter()
         rids = [item.request_id for item in items]
-        greedy = [rid for rid in rids if sampling[rid].params.is_greedy]
-        sampled = [rid for rid in rids if not sampling[rid].params.is_greedy]
+        trees = {rid: self._proposed.pop(rid) for rid in rids}
+        greedy = [rid for rid in rids if states[rid].params.is_greedy]
+        sampled = [rid for rid in rids if not states[rid].params.is_greedy]
         results: dict[str, Verified] = {}
         for group, stochastic in ((greedy, False), (sampled, True)):
             if not group:
                 continue
             group_trees = [trees[rid] for rid in group]
-            states = [sampling[rid] for rid in group]
+            group_states = [states[rid] for rid in group]
             rows = torch.cat([logits[rid] for rid in group])
             if stochastic:
-                probs = tree_target_probs(rows, group_trees, states)
-                verified = verify_stochastic(group_trees, probs, [s.generator for s in states])
+                probs = tree_target_probs(rows, group_trees, group_states)
+                verified = verify_stochastic(group_trees, probs, [s.generator for s in group_states])
             else:
-                verified = verify_greedy(group_trees, tree_target_ids(rows, group_trees, states))
+                verified = verify_greedy(group_trees, tree_target_ids(rows, group_trees, group_states))
             results.update(zip(group, verified))
         stats = self.stats
         stats.num_verify_steps += 1
@@ -151,48 +160,28 @@ class Speculator:
             for p in self.proposers:
                 p.commit(rid, v.token_ids[:-1])
         stats.verify_s += time.perf_counter() - start
-        return results
-
-    @staticmethod
-    def commit_moves(item: ScheduledRequest, tree: TokenTree, verified: Verified) -> list[tuple[list[int], int, int]]:
-        """KV copies for ``ModelRunner.copy_kv`` that move the accepted path to its slots."""
-        moves = kv_commit_moves(tree, verified.accepted_nodes, item.start_position)
-        return [(item.block_ids, src, dst) for src, dst in moves]
+        return {rid: v.token_ids for rid, v in results.items()}
 
     def release(self, request_id: str) -> None:
+        self._proposed.pop(request_id, None)
         for p in self.proposers:
             p.release(request_id)
 
 
-def build_speculator(config, *, vocab_size: int, num_blocks: int, max_model_len: int) -> Speculator:
-    """The proposers ``config.speculative_models`` names, in order (their trees merge in it)."""
-    from ember.errors import InvalidInputError
-    from ember.models.loader import load_model
-    from ember.runner.model_runner import ModelRunner
-    from ember.spec.draft import DraftModelProposer
-    from ember.spec.proposers import NgramConfig, NgramProposer
-    from ember.zoo import resolve_model
-
+def build_speculator(
+    config: SpeculativeConfig, *, draft_runners: Sequence[Runner], max_model_len: int, seed: int
+) -> Speculator:
+    """The proposers ``config.models`` names, in order (their trees merge in it): ``ngram``,
+    or a draft model, whose runner ``draft_runners`` holds (in the order drafts appear)."""
     proposers, depth = [], 0
-    for i, name in enumerate(config.speculative_models):
+    runners = iter(draft_runners)
+    for i, name in enumerate(config.models):
         if name == "ngram":
             ngram = NgramConfig(max_n=config.ngram_max_n, num_tokens=config.ngram_num_tokens,
-                                num_branches=config.ngram_branches)  # fmt: skip
+                                num_branches=config.ngram_branches)
             proposers.append(NgramProposer(ngram, proposer_id=i))
             depth = max(depth, ngram.num_tokens)
             continue
-        draft = load_model(resolve_model(name), dtype=config.dtype, device=config.device)
-        if draft.config.vocab_size != vocab_size:
-            raise InvalidInputError(
-                f"speculative model {name!r} has vocabulary size {draft.config.vocab_size}, the "
-                f"target {vocab_size}: a draft must share the target's tokenizer",
-                param="speculative_models",
-            )
-        runner = ModelRunner(draft.module, draft.config, num_blocks=num_blocks, block_size=config.block_size,
-                             dtype=next(draft.module.parameters()).dtype, device=torch.device(config.device),
-                             attention_backend=config.attention_backend)  # fmt: skip
-        proposers.append(DraftModelProposer(runner, expansion=config.speculative_expansion,
-                                            vocab_size=vocab_size, proposer_id=i, seed=config.seed))  # fmt: skip
-        depth = max(depth, len(config.speculative_expansion))
-    return Speculator(proposers, max_depth=depth, max_model_len=max_model_len,
-                      max_batch_size=config.speculative_max_batch_size)  # fmt: skip
+        proposers.append(DraftModelProposer(next(runners), expansion=config.expansion, proposer_id=i, seed=seed))
+        depth = max(depth, len(config.expansion))
+    return Speculator(proposers, max_depth=depth, max_model_len=max_model_len, max_batch_size=config.max_batch_size)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ember.train.dist_layers import relayout
-from ember.train.dist_mesh import PlanMesh
+from ember.train.parallel.layers import relayout
+from ember.train.parallel.mesh import PlanMesh
 
 
 class StageModule(nn.Module):

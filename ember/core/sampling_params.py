@@ -7,7 +7,7 @@ server can answer 400 naming the field before the request reaches the engine.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ember.errors import InvalidInputError
 
@@ -20,46 +20,81 @@ _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
 class SamplingParams:
     """How to pick each next token and when to stop (vLLM's names and defaults).
 
-    n: sequences to generate per prompt.
-    presence_penalty / frequency_penalty: in [-2, 2]; subtract ``p * (count > 0)`` and
-        ``f * count`` from the logits of tokens already generated (the prompt does not count).
-    repetition_penalty: > 0; 1 is off. Logits of tokens in prompt or output are divided by it
-        when positive and multiplied by it when negative.
-    temperature: >= 0; 0 is greedy.
-    top_p: in (0, 1]; keep the smallest set of most likely tokens whose mass reaches top_p.
-    top_k: keep the k most likely tokens; 0 or -1 is off (normalised to 0).
-    min_p: in [0, 1]; drop tokens less likely than ``min_p`` times the most likely one.
-    seed: makes this request's samples reproducible whatever else shares the batch.
-    stop: strings that end generation (normalised to a list).
-    stop_token_ids: token ids that end generation (normalised to a list).
-    include_stop_str_in_output: keep the matched stop string in the text.
-    ignore_eos: keep generating after the model's EOS token.
-    max_tokens: output tokens at most; None means up to the context length.
-    min_tokens: EOS and stop_token_ids are masked until this many tokens are out.
-    logprobs: return the sampled token's logprob plus this many top alternatives (0-20).
-    prompt_logprobs: the same for every prompt token after the first (0-20).
-    skip_special_tokens / spaces_between_special_tokens: detokenisation options.
+    Each field's ``metadata["help"]`` documents it; ``ember generate`` and the server's
+    request models take their flags, help and defaults from these fields.
     """
 
-    n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    include_stop_str_in_output: bool = False
-    ignore_eos: bool = False
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    logprobs: int | None = None
-    prompt_logprobs: int | None = None
-    skip_special_tokens: bool = True
-    spaces_between_special_tokens: bool = True
+    n: int = field(default=1, metadata={"help": "sequences to generate per prompt"})
+    presence_penalty: float = field(
+        default=0.0,
+        metadata={"help": "in [-2, 2]; subtract p * (count > 0) from the logits of tokens "
+                  "already generated (the prompt does not count)"},
+    )
+    frequency_penalty: float = field(
+        default=0.0,
+        metadata={"help": "in [-2, 2]; subtract f * count from the logits of tokens already "
+                  "generated (the prompt does not count)"},
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "> 0; 1 is off. Logits of tokens in prompt or output are divided by "
+                  "it when positive and multiplied by it when negative"},
+    )
+    temperature: float = field(default=1.0, metadata={"help": ">= 0; 0 is greedy"})
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "in (0, 1]; keep the smallest set of most likely tokens whose mass "
+                  "reaches top_p"},
+    )
+    top_k: int = field(
+        default=0,
+        metadata={"help": "keep the k most likely tokens; 0 or -1 is off (normalised to 0)"},
+    )
+    min_p: float = field(
+        default=0.0,
+        metadata={"help": "in [0, 1]; drop tokens less likely than min_p times the most likely one"},
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "makes this request's samples reproducible whatever else shares the batch"},
+    )
+    stop: str | list[str] | None = field(
+        default=None, metadata={"help": "strings that end generation (normalised to a list)"}
+    )
+    stop_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "token ids that end generation (normalised to a list)"}
+    )
+    include_stop_str_in_output: bool = field(
+        default=False, metadata={"help": "keep the matched stop string in the text"}
+    )
+    ignore_eos: bool = field(
+        default=False, metadata={"help": "keep generating after the model's EOS token"}
+    )
+    max_tokens: int | None = field(
+        default=16,
+        metadata={"help": "output tokens at most; None means up to the context length"},
+    )
+    min_tokens: int = field(
+        default=0,
+        metadata={"help": "EOS and stop_token_ids are masked until this many tokens are out"},
+    )
+    logprobs: int | None = field(
+        default=None,
+        metadata={"help": f"return the sampled token's logprob plus this many top alternatives "
+                  f"(0-{MAX_LOGPROBS})"},
+    )
+    prompt_logprobs: int | None = field(
+        default=None,
+        metadata={"help": f"the same as logprobs for every prompt token after the first "
+                  f"(0-{MAX_LOGPROBS})"},
+    )
+    skip_special_tokens: bool = field(
+        default=True, metadata={"help": "detokenisation: leave special tokens out of the text"}
+    )
+    spaces_between_special_tokens: bool = field(
+        default=True,
+        metadata={"help": "detokenisation: put spaces between special tokens in the text"},
+    )
 
     def __post_init__(self) -> None:
         self._check_int("n", lo=1)

@@ -8,8 +8,6 @@ rank builds every group, in the same order (``new_group`` is collective over the
 from __future__ import annotations
 
 import os
-import sys
-from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -34,18 +32,6 @@ def init_distributed(backend: str | None = None) -> None:
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
-
-
-def exit_rank(code: int) -> NoReturn:
-    """End a launched rank process without interpreter finalization.
-
-    NOTE: gloo's worker threads can still own finished work objects (DTensor's functional
-    collectives keep them registered); destroying them during finalization aborts the process
-    ("terminate called without an active exception") after its work is done and written.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 class PlanMesh:

@@ -2,7 +2,7 @@
 
 ``BaseProposer`` is the one interface: one ``TokenTree`` per request, rooted at the request's
 last token. A draft-model proposer (expansion config ``<k1, ..., km>``, see
-``token_tree.expand_tree``) and the model-free n-gram proposer below both implement it; trees
+``token_tree.expand_trees``) and the model-free n-gram proposer below both implement it; trees
 from several proposers combine with ``token_tree.merge_trees``.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ember.engine.sampler import SamplingState
-from ember.spec.token_tree import TokenTree
+from ember.core.sampling import SamplingState
+from ember.speculative.token_tree import TokenTree
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class BaseProposer(ABC):
         """One tree per request, in order, each rooted at ``token_ids[-1]`` and no deeper than
         ``max_depth``. A root-only tree means "nothing to propose": run a plain decode.
 
-        Every draw must keep the draw invariant of ``ember.spec.token_tree`` (record the q a
+        Every draw must keep the draw invariant of ``ember.speculative.token_tree`` (record the q a
         token was sampled from, or None for a deterministic pick)."""
 
     def commit(self, request_id: str, token_ids: Sequence[int]) -> None:

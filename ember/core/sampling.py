@@ -1,7 +1,8 @@
-"""Batched next-token sampling.
+"""Batched next-token sampling, and the step's sampling: plain rows here, token trees through
+an injected ``TreeVerifier`` (speculative decoding).
 
-Each step the engine passes one row of fp32 logits per sequence that samples, plus that
-sequence's ``SamplingState``. Order, as in vLLM:
+Each step ``Sampler.sample(batch, out, requests)`` samples one row of fp32 logits per plain
+request that samples, under that request's ``SamplingState``. Order, as in vLLM:
 
     penalties -> min_tokens mask -> greedy rows: argmax
                                     other rows: temperature -> top-k -> top-p -> min-p -> draw
@@ -13,11 +14,15 @@ Logprobs are "raw": log_softmax of the model's logits before penalties, masking 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from ember.sampling_params import SamplingParams
+from ember.core.batch import Batch, RunnerOutput, ScheduledRequest
+from ember.core.request import Request
+from ember.core.sampling_params import SamplingParams
 
 # NOTE: an odd 64-bit constant, so seq_index 0 keeps the user's seed and the others spread out.
 _SEQ_SEED_STRIDE = 0x9E3779B97F4A7C15
@@ -42,14 +47,24 @@ def make_generator(
 
 @dataclass
 class SamplingState:
-    """What the sampler needs about one sequence; the engine keeps it across steps and appends
-    each sampled token to ``output_token_ids``."""
+    """What the sampler reads about one sequence. In the engine it is a view of the
+    ``Request``, made for one step (``of``): the request owns the tokens and the generator."""
 
     params: SamplingParams
     generator: torch.Generator | None  # None for greedy
-    prompt_token_ids: list[int]
-    output_token_ids: list[int] = field(default_factory=list)
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int] = field(default_factory=list)
     eos_token_ids: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, request: Request) -> SamplingState:
+        return cls(
+            request.sampling_params,
+            request.generator,
+            request.prompt_token_ids,
+            request.output_token_ids,
+            request.eos_token_ids,
+        )
 
     @classmethod
     def create(
@@ -107,7 +122,48 @@ class SamplerOutput:
     logprobs: list[TokenLogprobs | None]  # None where params.logprobs is None
 
 
+class TreeVerifier(Protocol):
+    """Decides which speculated tokens of a step's token trees the target keeps."""
+
+    def verify(
+        self,
+        items: Sequence[ScheduledRequest],
+        logits: Mapping[str, torch.Tensor],
+        states: Mapping[str, SamplingState],
+    ) -> dict[str, list[int]]:
+        """``items``: the step's requests that ran a tree; ``logits``: request id -> ``[nodes,
+        V]``. Returns per request the accepted path's tokens, then one bonus token."""
+
+
+@dataclass(frozen=True)
+class StepSamples:
+    """What a step sampled, by request id."""
+
+    token_ids: dict[str, list[int]]  # one token, or a tree's accepted tokens + the bonus token
+    logprobs: dict[str, TokenLogprobs]  # plain rows of requests that asked for logprobs
+
+
 class Sampler:
+    def __init__(self, verifier: TreeVerifier | None = None) -> None:
+        self.verifier = verifier
+
+    def sample(self, batch: Batch, out: RunnerOutput, requests: Mapping[str, Request]) -> StepSamples:
+        """Tokens for every request of ``batch`` that samples. A request aborted while the step
+        ran (gone from ``requests``) gets none."""
+        rows = [i for i, rid in enumerate(out.sample_ids) if rid in requests]
+        sample_ids = [out.sample_ids[i] for i in rows]
+        logits = out.logits if len(rows) == len(out.sample_ids) else out.logits[rows]
+        plain = self(logits, [SamplingState.of(requests[rid]) for rid in sample_ids])
+        token_ids = {rid: [token] for rid, token in zip(sample_ids, plain.token_ids)}
+        logprobs = {rid: lp for rid, lp in zip(sample_ids, plain.logprobs) if lp is not None}
+        trees = [item for item in batch.requests if item.tree is not None and item.request_id in requests]
+        if trees:
+            if self.verifier is None:
+                raise RuntimeError("a batch with token trees needs a sampler with a tree verifier")
+            states = {item.request_id: SamplingState.of(requests[item.request_id]) for item in trees}
+            token_ids.update(self.verifier.verify(trees, out.tree_logits, states))
+        return StepSamples(token_ids, logprobs)
+
     def __call__(self, logits: torch.Tensor, states: list[SamplingState]) -> SamplerOutput:
         """logits [N, V] (any float dtype; never modified), states: N, row-aligned.
         Generators must be on ``logits.device``."""

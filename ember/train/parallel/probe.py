@@ -2,7 +2,7 @@
 step times and memory per rank: what tests, ``ember bench plan`` and the cost-model check
 run. One process per rank (``launch_local`` starts them on this machine, or torchrun)::
 
-    python -m ember.train.dist_probe --jobs jobs.json --out results.json
+    python -m ember.train.parallel.probe --jobs jobs.json --out results.json
 
 ``jobs.json``: a list of ``{"plan": <plan JSON>, "spec": {"shape": ModelShape fields,
 "vocab_size", "seq_len", "steps", "seed", "lr", "precision"}}``, run one after another in
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ember.distributed.process import exit_rank, free_port
 from ember.planner.strategy import Plan
 from ember.train.config import ModelShape, TrainConfig
 
@@ -82,9 +82,9 @@ def reference_run(spec: dict, *, batch_size: int, grad_accum: int) -> dict:
 
 def run_rank(plan: Plan, spec: dict) -> dict | None:
     """This rank's part of the probe; rank 0 returns the gathered result."""
-    from ember.train.dist_memory import MemoryMeter
-    from ember.train.dist_mesh import PlanMesh
-    from ember.train.dist_trainer import DistTrainer
+    from ember.train.parallel.memory import MemoryMeter
+    from ember.train.parallel.mesh import PlanMesh
+    from ember.train.parallel.trainer import DistTrainer
     from ember.train.parallelize import parallelize
 
     model, config, batches = build_probe(spec, batch_size=plan.micro_batch_size,
@@ -116,11 +116,11 @@ def run_rank(plan: Plan, spec: dict) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ember.train.dist_probe")
+    parser = argparse.ArgumentParser(prog="python -m ember.train.parallel.probe")
     parser.add_argument("--jobs", required=True, help="JSON list of {plan, spec}")
     parser.add_argument("--out", required=True, help="where rank 0 writes the results")
     args = parser.parse_args(argv)
-    from ember.train.dist_mesh import init_distributed
+    from ember.train.parallel.mesh import init_distributed
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     init_distributed()
@@ -145,15 +145,9 @@ def run_jobs(jobs: list[tuple[Plan, dict]], *, folder: Path, timeout_s: float = 
     folder.mkdir(parents=True, exist_ok=True)
     jobs_file, out_file = folder / "jobs.json", folder / "results.json"
     jobs_file.write_text(json.dumps([{"plan": p.to_dict(), "spec": s} for p, s in jobs]))
-    launch_local(["ember.train.dist_probe", "--jobs", str(jobs_file), "--out", str(out_file)],
+    launch_local(["ember.train.parallel.probe", "--jobs", str(jobs_file), "--out", str(out_file)],
                  num.pop(), timeout_s=timeout_s)  # fmt: skip
     return json.loads(out_file.read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_local(
@@ -198,6 +192,4 @@ def launch_local(
 
 
 if __name__ == "__main__":
-    from ember.train.dist_mesh import exit_rank
-
     exit_rank(main())

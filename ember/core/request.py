@@ -1,4 +1,7 @@
-"""A request as the scheduler sees it: token ids and progress, no tensors."""
+"""A request as the scheduler sees it: token ids and progress, no tensors.
+
+The scheduler owns every field but ``generator`` (the sampler's random stream, set when the
+request is created and only ever drawn from by the sampler and tree verification)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,9 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from ember.sampling_params import SamplingParams
+import torch
+
+from ember.core.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.Enum):
@@ -54,6 +59,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None
     first_token_time: float | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)  # None for greedy
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -15,7 +15,7 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.utils.checkpoint import checkpoint
 
-from ember.train.dist_mesh import PlanMesh
+from ember.train.parallel.mesh import PlanMesh
 
 
 def tp_row_order(sizes: list[int], tp: int) -> torch.Tensor:

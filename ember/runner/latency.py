@@ -1,4 +1,5 @@
-"""Measure the running model's step time on the running machine and fit ``LatencyModel``.
+"""The step-latency model of a runner: measure its step time on the running machine and fit
+``LatencyModel`` (AsymCache's recompute cost and adaptive chunking read it).
 
 Steps are real runner steps over scratch blocks (run before any request, so every block is
 free): single requests of ``n`` tokens after ``ctx`` cached ones, and batches of decodes.
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ember.engine.batch import Batch, ScheduledRequest
+from ember.core.batch import Batch, ScheduledRequest
+from ember.errors import InvalidInputError
 from ember.kvcache.cost_model import LatencyModel
-from ember.runner.model_runner import ModelRunner
+from ember.models.config import ModelArchConfig
+from ember.runner.base import Runner
 
 
 def profile_grid(max_tokens: int, max_context: int, max_seqs: int, *, quick: bool) -> list[tuple[str, int, int]]:
@@ -32,9 +35,9 @@ def profile_grid(max_tokens: int, max_context: int, max_seqs: int, *, quick: boo
     return grid
 
 
-def measure(runner: ModelRunner, kind: str, n: int, ctx: int, *, repeats: int) -> float:
+def measure(runner: Runner, kind: str, n: int, ctx: int, *, repeats: int) -> float:
     bs = runner.block_size
-    num_blocks = runner.kv_caches[0][0].shape[1]
+    num_blocks = runner.num_blocks
     if kind == "prefill":
         items = [(n, ctx)]
     else:
@@ -66,7 +69,7 @@ def measure(runner: ModelRunner, kind: str, n: int, ctx: int, *, repeats: int) -
 
 
 def profile_latency(
-    runner: ModelRunner, *, max_tokens: int, max_context: int, max_seqs: int, quick: bool = True, log=None
+    runner: Runner, *, max_tokens: int, max_context: int, max_seqs: int, quick: bool = True, log=None
 ) -> LatencyModel:
     samples = []
     grid = profile_grid(max_tokens, max_context, max_seqs, quick=quick)
@@ -88,30 +91,31 @@ def profile_key(model_path: str, dtype: torch.dtype, device: torch.device, block
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def load_latency_model(config, runner: ModelRunner, arch, model_path: str, max_model_len: int, log=None) -> LatencyModel:
-    """The engine's latency model: ``config.latency_model`` is "analytic", a JSON path, or
-    "auto" (the cached profile of this model and machine, measured now if missing)."""
-    from ember.errors import InvalidInputError
+def load_latency_model(
+    choice: str,
+    runner: Runner,
+    arch: ModelArchConfig,
+    model_path: str,
+    *,
+    max_model_len: int,
+    max_tokens: int,
+    max_seqs: int,
+    log=None,
+) -> LatencyModel:
+    """The engine's latency model: ``choice`` is "analytic", a JSON path, or "auto" (the
+    cached profile of this model and machine, measured now if missing; the analytic model for
+    a runner that cannot be profiled here)."""
     from ember.zoo import cache_dir
 
-    choice = config.latency_model
-    # NOTE: a distributed executor is not profiled ("auto" means the analytic model there):
-    # its ranks' weights live in other processes, and tp*pp ranks timed on shared cores
-    # measure contention more than the model.
-    distributed = getattr(runner, "is_distributed", False)
-    if choice == "analytic" or (choice == "auto" and distributed):
-        if distributed:
-            params = runner.num_params  # summed over ranks; replicated tensors count per rank
-        else:
-            params = sum(p.numel() for p in runner.model.parameters())
-        return LatencyModel.analytic(num_params=params, hidden_size=arch.hidden_size, num_layers=arch.num_layers)
+    if choice == "analytic" or (choice == "auto" and not runner.can_profile):
+        return LatencyModel.analytic(num_params=runner.num_params, hidden_size=arch.hidden_size, num_layers=arch.num_layers)
     if choice != "auto":
         try:
             return LatencyModel.load(Path(choice))
         except (OSError, ValueError, TypeError) as exc:
             raise InvalidInputError(f"cannot read latency model {choice!r}: {exc}", param="latency_model") from exc
-    dtype = runner.kv_caches[0][0].dtype
-    path = cache_dir() / "latency" / f"{profile_key(model_path, dtype, runner.device, runner.block_size)}.json"
+    key = profile_key(model_path, runner.kv_dtype, runner.device, runner.block_size)
+    path = cache_dir() / "latency" / f"{key}.json"
     if path.exists():
         try:
             return LatencyModel.load(path)
@@ -119,9 +123,9 @@ def load_latency_model(config, runner: ModelRunner, arch, model_path: str, max_m
             pass  # NOTE: a corrupt cache entry is measured again
     model = profile_latency(
         runner,
-        max_tokens=config.max_num_batched_tokens,
-        max_context=min(max_model_len, runner.kv_caches[0][0].shape[1] * runner.block_size // 2),
-        max_seqs=config.max_num_seqs,
+        max_tokens=max_tokens,
+        max_context=min(max_model_len, runner.num_blocks * runner.block_size // 2),
+        max_seqs=max_seqs,
         quick=True,
         log=log,
     )

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ember.attention import build_attention_metadata
-from ember.spec.token_tree import TokenTree, ancestor_matrix, expand_tree, merge_trees
+from ember.core.batch import ancestor_matrix
+from ember.speculative.token_tree import TokenTree, expand_tree, merge_trees
 
 # (parent choice, token) pairs; the parent choice is reduced modulo the nodes so far
 random_edges = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 5)), max_size=24)

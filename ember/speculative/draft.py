@@ -11,7 +11,7 @@ Per request the proposer keeps the tokens whose KV its cache holds. Each ``propo
 Greedy requests get top-k children (deterministic picks). Sampled requests get children drawn
 without replacement from the draft's distribution under the request's own temperature, top-k,
 top-p and min-p, from a generator of their own: the q each draw records is what it was drawn
-from (the draw invariant of ``ember.spec.token_tree``), so verification stays lossless.
+from (the draw invariant of ``ember.speculative.token_tree``), so verification stays lossless.
 
 ``commit`` keeps the draft KV of the accepted path (moved to its final slots); the rest of the
 tree's slots are simply overwritten by the next tree.
@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine.batch import Batch, ScheduledRequest
-from ember.engine.sampler import sampling_probs
+from ember.core.batch import Batch, KVCopy, ScheduledRequest, SerializedTree
+from ember.core.sampling import sampling_probs
 from ember.errors import InvalidInputError
-from ember.runner.model_runner import ModelRunner
-from ember.spec.proposers import BaseProposer, DraftRequest
-from ember.spec.token_tree import SerializedTree, TokenTree
-from ember.spec.verify import kv_commit_moves
+from ember.kvcache.block_pool import BlockPool
+from ember.runner.base import Runner
+from ember.speculative.proposers import BaseProposer, DraftRequest
+from ember.speculative.token_tree import TokenTree, expand_trees
 
 
 @dataclass
@@ -46,10 +46,9 @@ class _DraftState:
 class DraftModelProposer(BaseProposer):
     def __init__(
         self,
-        runner: ModelRunner,
+        runner: Runner,
         *,
         expansion: Sequence[int],
-        vocab_size: int,
         proposer_id: int = 0,
         seed: int = 0,
     ) -> None:
@@ -58,12 +57,11 @@ class DraftModelProposer(BaseProposer):
             raise InvalidInputError(f"expansion must be positive widths, got {list(expansion)}")
         self.runner = runner
         self.expansion = tuple(expansion)
-        self.vocab_size = vocab_size
         self.seed = seed
         self.block_size = runner.block_size
-        num_blocks = runner.kv_caches[0][0].shape[1]
-        self._free = list(range(num_blocks - 1, -1, -1))
+        self.block_pool = BlockPool(runner.num_blocks, enable_caching=False)
         self._states: dict[str, _DraftState] = {}
+        self._pending_copies: list[KVCopy] = []  # accepted paths' KV moves, ride in the next run
         self._ids = itertools.count()
 
     @property
@@ -85,24 +83,24 @@ class DraftModelProposer(BaseProposer):
         active = [i for i, r in enumerate(requests) if r.max_depth > 0 and self._reserve(r)]
         if not active:
             return trees
-        probs = self._catch_up([requests[i] for i in active])  # [A, V]: the roots' children
-        frontier = {i: [0] for i in active}
-        frontier_probs = {i: probs[row : row + 1] for row, i in enumerate(active)}
-        for depth, width in enumerate(self.expansion, start=1):
-            for i in list(frontier):
-                if depth > requests[i].max_depth:
-                    del frontier[i]
-                    continue
-                frontier[i] = self._add_children(
-                    trees[i], requests[i], frontier[i], frontier_probs[i], width
-                )
-            if depth == self.max_depth or not frontier:
-                break
-            frontier_probs = self._score(
-                [requests[i] for i in frontier], [trees[i] for i in frontier], list(frontier.values())
-            )
-            frontier_probs = dict(zip(frontier, frontier_probs))
-        for i, r in zip(active, (requests[i] for i in active)):
+        chosen = [requests[i] for i in active]
+
+        def next_probs(depth: int, batch: list[int], frontiers: list[list[int]]) -> list[torch.Tensor]:
+            batch_requests = [chosen[b] for b in batch]
+            if depth == 1:  # the catch-up pass scores the roots' children
+                probs = self._catch_up(batch_requests)
+                return [probs[row : row + 1] for row in range(len(batch))]
+            return self._score(batch_requests, [trees[active[b]] for b in batch], frontiers)
+
+        expand_trees(
+            [trees[i] for i in active],
+            self.expansion,
+            next_probs,
+            max_depths=[r.max_depth for r in chosen],
+            generators=[self._states[r.request_id].generator for r in chosen],
+            proposer=self.proposer_id,
+        )
+        for i, r in zip(active, chosen):
             state = self._states[r.request_id]
             state.tree = trees[i]
             state.num_run_nodes = sum(d < min(self.max_depth, r.max_depth) for d in trees[i].depths)
@@ -110,7 +108,7 @@ class DraftModelProposer(BaseProposer):
 
     def commit(self, request_id: str, token_ids: Sequence[int]) -> None:
         """The target accepted ``token_ids`` after the root (bonus token excluded): keep the
-        draft KV this proposer has for them."""
+        draft KV this proposer has for them (moved to their final slots in the next run)."""
         state = self._states.get(request_id)
         if state is None or state.tree is None:
             return
@@ -122,15 +120,15 @@ class DraftModelProposer(BaseProposer):
             accepted.append(child)
             node = child
         start = len(state.tokens) - 1  # the root's storage index
-        moves = kv_commit_moves(tree, accepted, start)
-        self.runner.copy_kv([(state.blocks, src, dst) for src, dst in moves])
+        for src, dst in tree.serialize(start).kv_commit_moves(accepted):
+            self._pending_copies.append(KVCopy.within(state.blocks, self.block_size, src, dst))
         state.tokens.extend(tree.token_ids[n] for n in accepted)
         state.tree = None
 
     def release(self, request_id: str) -> None:
         state = self._states.pop(request_id, None)
         if state is not None:
-            self._free.extend(reversed(state.blocks))
+            self.block_pool.free(state.blocks)
 
     # ----------------------------------------------------------------- internals
     def _reserve(self, request: DraftRequest) -> bool:
@@ -149,10 +147,11 @@ class DraftModelProposer(BaseProposer):
             state.tokens = []
         state.tree = None
         needed = -(-(len(tokens) + self.max_tree_nodes) // self.block_size) - len(state.blocks)
-        if needed > len(self._free):
+        if needed > self.block_pool.num_free_blocks:
             self.release(request.request_id)
             return False
-        state.blocks.extend(self._free.pop() for _ in range(max(0, needed)))
+        if needed > 0:
+            state.blocks.extend(self.block_pool.allocate(needed))
         if state.generator is None and request.sampling is not None and not request.sampling.params.is_greedy:
             seed = request.sampling.params.seed
             seed = self.seed * 7919 + next(self._ids) if seed is None else seed
@@ -163,7 +162,11 @@ class DraftModelProposer(BaseProposer):
             state.generator = torch.Generator(device=self.runner.device).manual_seed(mixed)
         return True
 
-    def _catch_up(self, requests: list[DraftRequest]) -> list[torch.Tensor]:
+    def _run(self, items: list[ScheduledRequest]):
+        copies, self._pending_copies = tuple(self._pending_copies), []
+        return self.runner.run(Batch(items, kv_copies=copies))
+
+    def _catch_up(self, requests: list[DraftRequest]) -> torch.Tensor:
         items = []
         for r in requests:
             state = self._states[r.request_id]
@@ -171,8 +174,7 @@ class DraftModelProposer(BaseProposer):
             new = list(r.token_ids[start:])
             items.append(ScheduledRequest(r.request_id, new, [(start, start + len(new))], state.blocks, sample=True))
             state.tokens.extend(new)
-        logits = self.runner.run(Batch(items)).logits
-        return self._to_probs(logits, requests)
+        return self._to_probs(self._run(items).logits, requests)
 
     def _score(self, requests, trees, frontiers) -> list[torch.Tensor]:
         """One pass over each request's tree below the root; probs at its frontier nodes."""
@@ -186,36 +188,20 @@ class DraftModelProposer(BaseProposer):
                 parent_indices=[p - 1 if p else None for p in tree.parents[1:]],
                 start_position=root + 1,
             )
-            items.append(ScheduledRequest(
-                r.request_id, sub.token_ids, [(root + 1, sub.kv_len)], state.blocks, sample=True, tree=sub,
-            ))  # fmt: skip
-        out = self.runner.run(Batch(items)).tree_logits
-        probs = []
-        for r, frontier in zip(requests, frontiers):
-            rows = out[r.request_id][[n - 1 for n in frontier]]
-            probs.append(self._to_probs(rows, [r] * len(frontier)))
-        return probs
+            items.append(
+                ScheduledRequest(r.request_id, sub.token_ids, [(root + 1, sub.kv_len)], state.blocks, True, tree=sub)
+            )
+        out = self._run(items).tree_logits
+        return [
+            self._to_probs(out[r.request_id][[n - 1 for n in frontier]], [r] * len(frontier))
+            for r, frontier in zip(requests, frontiers)
+        ]
 
     def _to_probs(self, logits: torch.Tensor, requests: Sequence[DraftRequest]) -> torch.Tensor:
-        """Sampled requests' rows -> their sampling distributions; greedy rows stay logits
-        (they are only ranked, for top-k picks)."""
+        """The draft's distributions: a sampled request's under its own temperature, top-k,
+        top-p and min-p; a greedy request's plain softmax (only ranked, for top-k picks)."""
+        probs = logits.float().softmax(dim=-1)
         rows = [i for i, r in enumerate(requests) if r.sampling is not None and not r.sampling.params.is_greedy]
-        if not rows:
-            return logits
-        out = logits.float().clone()
-        out[rows] = sampling_probs(out[rows], [requests[i].sampling.params for i in rows])
-        return out
-
-    def _add_children(self, tree, request, frontier, probs, width) -> list[int]:
-        state = self._states[request.request_id]
-        children = []
-        if state.generator is None:  # greedy: the top-k, deterministic picks
-            top = probs.topk(min(width, probs.shape[-1]), dim=-1).indices.tolist()
-            for node, tokens in zip(frontier, top):
-                children += [tree.add_child(node, t, proposer=self.proposer_id) for t in tokens]
-            return children
-        for node, q in zip(frontier, probs):
-            k = min(width, int((q > 0).sum()))
-            tokens = torch.multinomial(q, k, replacement=False, generator=state.generator).tolist()
-            children += tree.add_sampled_children(node, tokens, q, proposer=self.proposer_id)
-        return children
+        if rows:
+            probs[rows] = sampling_probs(logits[rows].float(), [requests[i].sampling.params for i in rows])
+        return probs

@@ -2,10 +2,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ember.engine.sampler import Sampler, SamplingState
-from ember.sampling_params import SamplingParams
-from ember.spec.token_tree import TokenTree
-from ember.spec.verify import kv_commit_moves, tree_target_ids, verify_greedy
+from ember.core.sampling import Sampler, SamplingState
+from ember.core.sampling_params import SamplingParams
+from ember.speculative.token_tree import TokenTree
+from ember.speculative.verify import tree_target_ids, verify_greedy
 
 VOCAB = 6
 
@@ -97,12 +97,12 @@ def test_greedy_with_penalties_matches_the_sampler_step_by_step():
 def test_kv_commit_moves():
     tree = hand_tree()  # nodes 0..6 at storage start + index
     # path 5 -> 6: node 5 (depth 1) moves from start+5 to start+1; node 6 from start+6 to +2
-    assert kv_commit_moves(tree, [5, 6], start_position=10) == [(15, 11), (16, 12)]
+    assert tree.serialize(10).kv_commit_moves([5, 6]) == [(15, 11), (16, 12)]
     # path 1 -> 2 -> 3 is already in place (nodes at index == depth): nothing to move
-    assert kv_commit_moves(tree, [1, 2, 3], start_position=10) == []
+    assert tree.serialize(10).kv_commit_moves([1, 2, 3]) == []
     # path 1 -> 4: node 1 in place, node 4 (depth 2) from start+4 to start+2
-    assert kv_commit_moves(tree, [1, 4], start_position=0) == [(4, 2)]
-    assert kv_commit_moves(tree, [], start_position=3) == []
+    assert tree.serialize(0).kv_commit_moves([1, 4]) == [(4, 2)]
+    assert tree.serialize(3).kv_commit_moves([]) == []
 
 
 def test_kv_moves_applied_in_order_leave_the_path_contiguous():
@@ -113,6 +113,6 @@ def test_kv_moves_applied_in_order_leave_the_path_contiguous():
     for leaf in tree.leaves():
         path = tree.path(leaf)[1:]
         storage = list(range(start)) + [f"node{u}" for u in range(tree.num_nodes)]
-        for src, dst in kv_commit_moves(tree, path, start):
+        for src, dst in tree.serialize(start).kv_commit_moves(path):
             storage[dst] = storage[src]
         assert storage[start : start + 1 + len(path)] == [f"node{u}" for u in [0] + path]

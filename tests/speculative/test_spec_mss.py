@@ -16,11 +16,11 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import ember.spec.verify as verify_module
-from ember.engine.sampler import SamplingState
-from ember.sampling_params import SamplingParams
-from ember.spec.token_tree import TokenTree, expand_tree, merge_trees
-from ember.spec.verify import (
+import ember.speculative.verify as verify_module
+from ember.core.sampling import SamplingState
+from ember.core.sampling_params import SamplingParams
+from ember.speculative.token_tree import TokenTree, expand_tree, merge_trees
+from ember.speculative.verify import (
     tree_target_probs,
     verify_stochastic,
 )

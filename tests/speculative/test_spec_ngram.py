@@ -1,14 +1,14 @@
 import pytest
 
-from ember.spec.proposers import (
+from ember.speculative.proposers import (
     BaseProposer,
     DraftRequest,
     NgramConfig,
     NgramProposer,
     find_continuations,
 )
-from ember.spec.token_tree import TokenTree, merge_trees
-from ember.spec.verify import verify_greedy
+from ember.speculative.token_tree import TokenTree, merge_trees
+from ember.speculative.verify import verify_greedy
 
 
 def propose(token_ids, max_depth=8, **config) -> list[list[int]]:

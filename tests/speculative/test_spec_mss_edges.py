@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from test_spec_mss import DrawSource, chain_of_three, merged_two_proposers, node_target_probs
 
-from ember.spec.token_tree import TokenTree
-from ember.spec.verify import PackedDraws, pack_draws, speculative_sample_tree, verify_greedy, verify_stochastic
+from ember.speculative.token_tree import TokenTree
+from ember.speculative.verify import PackedDraws, pack_draws, speculative_sample_tree, verify_greedy, verify_stochastic
 
 
 def run_core(tree: TokenTree, p: torch.Tensor, uniforms: torch.Tensor):
