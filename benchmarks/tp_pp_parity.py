@@ -37,8 +37,10 @@ def main() -> int:
         params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True, prompt_logprobs=1)
         options = dict(dtype="float32", device=args.device, max_num_batched_tokens=128, latency_model="analytic")
         results = {}
-        for name, parallel in (("single", {}), ("distributed", dict(tensor_parallel_size=args.tp,
-                                                                      pipeline_parallel_size=args.pp))):
+        for name, parallel in (
+            ("single", {}),
+            ("distributed", dict(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)),
+        ):
             start = time.perf_counter()
             with LLM(path, **options, **parallel) as llm:
                 outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)

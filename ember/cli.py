@@ -9,8 +9,14 @@ from ember.errors import EmberError
 
 # Each module provides `register(subparsers)`, which adds its subcommand and sets
 # `func(args) -> int` on the parser defaults.
-_COMMAND_MODULES = ("ember.cli_generate", "ember.bench.cli", "ember.spot.cli", "ember.server.cli",
-                    "ember.train.cli", "ember.planner.cli")
+_COMMAND_MODULES = (
+    "ember.cli_generate",
+    "ember.bench.cli",
+    "ember.spot.cli",
+    "ember.server.cli",
+    "ember.train.cli",
+    "ember.planner.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,9 +55,7 @@ def _cli_kind(hint) -> tuple[str, type]:
 
 def _sampling_flags() -> list[tuple[dataclasses.Field, str, type]]:
     hints = typing.get_type_hints(SamplingParams)
-    return [
-        (f, *_cli_kind(hints[f.name])) for f in dataclasses.fields(SamplingParams) if f.name not in _NO_FLAG
-    ]
+    return [(f, *_cli_kind(hints[f.name])) for f in dataclasses.fields(SamplingParams) if f.name not in _NO_FLAG]
 
 
 def _add_sampling_args(group) -> None:

@@ -123,7 +123,9 @@ class SpeculativeConfig:
     )
     ngram_max_n: int = field(default=4, metadata={"help": "ngram proposer: longest n-gram matched"})
     ngram_num_tokens: int = field(default=5, metadata={"help": "ngram proposer: tokens proposed per match"})
-    ngram_branches: int = field(default=1, metadata={"help": "ngram proposer: distinct continuations (a tree when > 1)"})
+    ngram_branches: int = field(
+        default=1, metadata={"help": "ngram proposer: distinct continuations (a tree when > 1)"}
+    )
     max_batch_size: int = field(
         default=4,
         metadata={"flag": "speculative_max_batch_size", "help": "speculate only while at most this many requests run"},
@@ -234,9 +236,7 @@ class EngineConfig:
         for flag, value in options.items():
             option = known[flag]
             sections.setdefault(option.section, {})[option.name] = value
-        nested = {
-            section: _SECTIONS[section](**values) for section, values in sections.items() if section is not None
-        }
+        nested = {section: _SECTIONS[section](**values) for section, values in sections.items() if section is not None}
         return cls(model=model, **sections.get(None, {}), **nested)
 
 

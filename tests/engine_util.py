@@ -7,8 +7,8 @@ import random
 import torch
 
 from ember.core.batch import Batch, ScheduledRequest
-from ember.engine.llm import LLM
 from ember.core.sampling_params import SamplingParams
+from ember.engine.llm import LLM
 
 
 def run_checked(llm: LLM, prompts, params: SamplingParams | list[SamplingParams], *, max_steps: int = 10_000):

@@ -31,10 +31,25 @@ def test_generate_offers_every_field_with_its_default():
     actions = parser._option_string_actions
     assert set(cli_generate._CLI_DEFAULTS) == {"max_tokens", "temperature"}
     offered = set(FIELDS) - set(cli_generate._NO_FLAG)
-    assert offered == {"n", "presence_penalty", "frequency_penalty", "repetition_penalty",
-                       "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids",
-                       "include_stop_str_in_output", "ignore_eos", "max_tokens", "min_tokens",
-                       "skip_special_tokens", "spaces_between_special_tokens"}
+    assert offered == {
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "stop",
+        "stop_token_ids",
+        "include_stop_str_in_output",
+        "ignore_eos",
+        "max_tokens",
+        "min_tokens",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+    }
     for name in offered:
         flag = "--" + name.replace("_", "-")
         assert flag in help_text, flag
@@ -60,9 +75,25 @@ def test_generate_flags_build_samplingparams():
     from ember.cli_generate import sampling_params_from_args
 
     args = _generate_parser().parse_args(
-        ["x", "--top-k", "5", "--presence-penalty", "0.5", "--stop", "a", "--stop", "b",
-         "--stop-token-ids", "1,2", "-n", "2", "--seed", "7", "--no-skip-special-tokens",
-         "--ignore-eos"]
+        [
+            "x",
+            "--top-k",
+            "5",
+            "--presence-penalty",
+            "0.5",
+            "--stop",
+            "a",
+            "--stop",
+            "b",
+            "--stop-token-ids",
+            "1,2",
+            "-n",
+            "2",
+            "--seed",
+            "7",
+            "--no-skip-special-tokens",
+            "--ignore-eos",
+        ]
     )
     params = sampling_params_from_args(args)
     assert (params.top_k, params.presence_penalty) == (5, 0.5)

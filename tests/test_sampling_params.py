@@ -1,7 +1,7 @@
 import pytest
 
-from ember.errors import InvalidInputError
 from ember.core.sampling_params import SamplingParams
+from ember.errors import InvalidInputError
 
 
 def test_defaults_match_vllm():

@@ -13,7 +13,6 @@ from ember.attention.paged import paged_attention
 from ember.attention.reference import reference_attention
 
 
-
 def _triton_attention(q, kv_cache, meta, scale):
     from ember.attention.triton_msa import triton_attention  # NOTE: imports triton on first use
 

@@ -16,8 +16,8 @@ one batched table for single-token decodes and a ready visibility mask per other
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -101,9 +101,7 @@ def build_attention_metadata(
         s = storage[start:end]
         slot_parts.append(tables[i][s // block_size] * block_size + s % block_size)
         is_decode = q_len == 1 and tree is None
-        spans.append(
-            _span(start, end, tables[i], kv_lens[i], positions, tree, with_mask=not is_decode, device=device)
-        )
+        spans.append(_span(start, end, tables[i], kv_lens[i], positions, tree, with_mask=not is_decode, device=device))
         start = end
     slot_mapping = torch.cat(slot_parts) if slot_parts else positions.new_empty(0)
 

@@ -21,7 +21,9 @@ def paged_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
     if meta.decode is not None:
         decode_q = q[meta.decode.query_rows]
         if meta.compiled:
-            o = _fused_decode_compiled(decode_q, k_cache, v_cache, meta.decode.block_table, meta.decode.key_valid, scale)
+            o = _fused_decode_compiled(
+                decode_q, k_cache, v_cache, meta.decode.block_table, meta.decode.key_valid, scale
+            )
         else:
             o = _decode(decode_q, k_cache, v_cache, meta, scale)
         out[meta.decode.query_rows] = o
@@ -68,7 +70,12 @@ def _decode(q: torch.Tensor, k_cache, v_cache, meta: AttentionMetadata, scale: f
 
 
 def _fused_decode(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor, key_valid: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    key_valid: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     """The decode attention written as gathers, products and reductions, for inductor to
     fuse into loops that read K/V straight from their blocks (no gathered copy)."""

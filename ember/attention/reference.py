@@ -10,9 +10,7 @@ from ember.attention.kv_cache import KVCache
 from ember.attention.metadata import AttentionMetadata
 
 
-def reference_attention(
-    q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata, scale: float
-) -> torch.Tensor:
+def reference_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """``q`` ``[T, H_q, D]`` over the (already written) cache -> ``[T, H_q, D]``."""
     k_cache, v_cache = kv_cache
     num_kv_heads, _, block_size, head_dim = k_cache.shape

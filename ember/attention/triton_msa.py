@@ -36,14 +36,28 @@ if triton is not None:
 
     @triton.jit
     def _msa_kernel(
-        q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, query_req_ptr, query_pos_ptr, kv_lens_ptr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        out_ptr,
+        tables_ptr,
+        query_req_ptr,
+        query_pos_ptr,
+        kv_lens_ptr,
         scale,
-        stride_qt, stride_qh,
-        stride_kh, stride_kb, stride_ks,
-        stride_ot, stride_oh,
+        stride_qt,
+        stride_qh,
+        stride_kh,
+        stride_kb,
+        stride_ks,
+        stride_ot,
+        stride_oh,
         stride_table,
-        GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):  # fmt: skip
+        GROUP: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         token = tl.program_id(0)
         head = tl.program_id(1)
         kv_head = head // GROUP
@@ -91,7 +105,9 @@ def triton_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
     if plain:
         device = q.device
         rows = torch.cat([torch.arange(s.query_start, s.query_end, device=device) for s in plain])
-        query_req = torch.cat([torch.full((s.num_queries,), i, device=device, dtype=torch.int32) for i, s in enumerate(plain)])
+        query_req = torch.cat(
+            [torch.full((s.num_queries,), i, device=device, dtype=torch.int32) for i, s in enumerate(plain)]
+        )
         max_blocks = max(s.block_ids.numel() for s in plain)
         tables = torch.zeros(len(plain), max_blocks, dtype=torch.int32, device=device)
         for i, s in enumerate(plain):
@@ -101,15 +117,28 @@ def triton_attention(q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
         result = torch.empty_like(queries)
         grid = (queries.shape[0], queries.shape[1])
         _msa_kernel[grid](
-            queries, k_cache, v_cache, result, tables, query_req, meta.positions[rows].to(torch.int32), kv_lens,
+            queries,
+            k_cache,
+            v_cache,
+            result,
+            tables,
+            query_req,
+            meta.positions[rows].to(torch.int32),
+            kv_lens,
             scale,
-            queries.stride(0), queries.stride(1),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            result.stride(0), result.stride(1),
+            queries.stride(0),
+            queries.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            k_cache.stride(2),
+            result.stride(0),
+            result.stride(1),
             tables.stride(0),
-            GROUP=q.shape[1] // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
+            GROUP=q.shape[1] // num_kv_heads,
+            BLOCK_SIZE=block_size,
+            HEAD_DIM=head_dim,
             BLOCK_D=triton.next_power_of_2(head_dim),
-        )  # fmt: skip
+        )
         out[rows] = result
     for span in meta.spans:
         if span.tree_mask is not None:

@@ -57,7 +57,9 @@ def replay(engine, workload: Workload, *, session_rate: float, seed: int) -> dic
 
     rng = np.random.default_rng(seed)
     sessions = workload.sessions()
-    starts = np.cumsum(rng.exponential(1 / session_rate, len(sessions))) if session_rate > 0 else np.zeros(len(sessions))
+    starts = (
+        np.cumsum(rng.exponential(1 / session_rate, len(sessions))) if session_rate > 0 else np.zeros(len(sessions))
+    )
     t0 = time.perf_counter()
     due: list[tuple[float, int, int]] = [(float(starts[i]), i, 0) for i in range(len(sessions))]
     heapq.heapify(due)
@@ -131,8 +133,15 @@ def bench_workloads(*, vocab_size: int, seed: int, scale: float = 1.0) -> list[W
     n = lambda x: max(1, round(x * scale))  # noqa: E731
     chat = multi_turn_workload(n(64), num_turns=4, input_len=96, output_len=24, vocab_size=vocab_size, seed=seed)
     agent = agent_workload(
-        n(96), num_turns=3, system_len=768, input_len=48, tool_result_len=96, output_len=24,
-        tool_latency_s=0.05, vocab_size=vocab_size, seed=seed + 1,
+        n(96),
+        num_turns=3,
+        system_len=768,
+        input_len=48,
+        tool_result_len=96,
+        output_len=24,
+        tool_latency_s=0.05,
+        vocab_size=vocab_size,
+        seed=seed + 1,
     )
     docs = shared_prefix_workload(
         n(64), num_groups=8, prefix_len=768, input_len=32, output_len=16, vocab_size=vocab_size, seed=seed + 2
@@ -141,8 +150,17 @@ def bench_workloads(*, vocab_size: int, seed: int, scale: float = 1.0) -> list[W
 
 
 def run_cache_bench(
-    model: str, *, dtype: str, configs=DEFAULT_CONFIGS, ratio: float = 3.0, block_size: int = 16,
-    max_num_seqs: int = 4, session_rate: float = 0.0, seed: int = 0, scale: float = 1.0, log=print,
+    model: str,
+    *,
+    dtype: str,
+    configs=DEFAULT_CONFIGS,
+    ratio: float = 3.0,
+    block_size: int = 16,
+    max_num_seqs: int = 4,
+    session_rate: float = 0.0,
+    seed: int = 0,
+    scale: float = 1.0,
+    log=print,
 ) -> dict[str, Any]:
     from ember.config import EngineConfig
     from ember.engine.llm_engine import LLMEngine
@@ -158,18 +176,30 @@ def run_cache_bench(
         ws = working_set_tokens(workload)
         need = max_num_seqs * -(-workload.max_seq_len // block_size) + 1
         num_blocks = max(need, round(ws / ratio / block_size))
-        log(f"[bench cache] {workload.name}: {len(workload.requests)} requests, working set {ws} tokens, "
-            f"KV capacity {num_blocks * block_size} tokens ({ws / (num_blocks * block_size):.1f}x)")
+        log(
+            f"[bench cache] {workload.name}: {len(workload.requests)} requests, working set {ws} tokens, "
+            f"KV capacity {num_blocks * block_size} tokens ({ws / (num_blocks * block_size):.1f}x)"
+        )
         for cfg in configs:
-            engine = LLMEngine(EngineConfig.from_kwargs(
-                path, dtype=dtype, block_size=block_size, num_kv_blocks=num_blocks, max_num_seqs=max_num_seqs,
-                cache_policy=cfg.cache_policy, chunking=cfg.chunking, max_model_len=workload.max_seq_len + 1,
-            ))
+            engine = LLMEngine(
+                EngineConfig.from_kwargs(
+                    path,
+                    dtype=dtype,
+                    block_size=block_size,
+                    num_kv_blocks=num_blocks,
+                    max_num_seqs=max_num_seqs,
+                    cache_policy=cfg.cache_policy,
+                    chunking=cfg.chunking,
+                    max_model_len=workload.max_seq_len + 1,
+                )
+            )
             result = replay(engine, workload, session_rate=session_rate, seed=seed)
             row = summarize(cfg.name, workload.name, result, engine)
             row["capacity x"] = ws / (num_blocks * block_size)
-            log(f"[bench cache] {workload.name} {cfg.name}: TTFT {row['mean TTFT ms']:.0f} ms, "
-                f"TPOT {row['mean TPOT ms']:.1f} ms, hit {row['hit rate']:.2f}")
+            log(
+                f"[bench cache] {workload.name} {cfg.name}: TTFT {row['mean TTFT ms']:.0f} ms, "
+                f"TPOT {row['mean TPOT ms']:.1f} ms, hit {row['hit rate']:.2f}"
+            )
             rows.append(row)
     return {"dtype": dtype, "resolved_dtype": resolved, "rows": rows}
 

@@ -40,11 +40,29 @@ def run_cache(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"unknown --configs {unknown}; choose from {sorted(known)}")
         configs = tuple(known[w] for w in wanted)
     payload = run_cache_bench(
-        args.model, dtype=args.dtype, configs=configs, ratio=args.ratio, max_num_seqs=args.max_num_seqs,
-        session_rate=args.session_rate, seed=args.seed, scale=args.scale,
+        args.model,
+        dtype=args.dtype,
+        configs=configs,
+        ratio=args.ratio,
+        max_num_seqs=args.max_num_seqs,
+        session_rate=args.session_rate,
+        seed=args.seed,
+        scale=args.scale,
     )
-    columns = ["workload", "config", "capacity x", "mean TTFT ms", "p99 TTFT ms", "mean TPOT ms", "p99 TPOT ms",
-               "hit rate", "tokens run", "hole tokens", "preemptions", "output tok/s"]
+    columns = [
+        "workload",
+        "config",
+        "capacity x",
+        "mean TTFT ms",
+        "p99 TTFT ms",
+        "mean TPOT ms",
+        "p99 TPOT ms",
+        "hit rate",
+        "tokens run",
+        "hole tokens",
+        "preemptions",
+        "output tok/s",
+    ]
     write_results(Path(args.out), payload, payload["rows"], columns, plot_cache)
     return 0
 
@@ -62,7 +80,9 @@ def plot_cache(rows, path: Path) -> None:
     width = 0.8 / len(configs)
     for ax, metric in zip(axes, metrics):
         for k, config in enumerate(configs):
-            values = [next((r[metric] for r in rows if r["workload"] == w and r["config"] == config), 0) for w in workloads]
+            values = [
+                next((r[metric] for r in rows if r["workload"] == w and r["config"] == config), 0) for w in workloads
+            ]
             ax.bar([i + k * width for i in range(len(workloads))], values, width, label=config)
         ax.set_xticks([i + width * (len(configs) - 1) / 2 for i in range(len(workloads))], workloads)
         ax.set_title(metric)

@@ -11,8 +11,11 @@ def register(subparsers) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     offline = kinds.add_parser("offline", help="Ember vs transformers.generate on one checkpoint")
     offline.add_argument("--model", default=None, help="checkpoint (default: a random ~46M Llama)")
-    offline.add_argument("--dtype", default="auto",
-                         help="float32 | bfloat16 | float16 | auto (default: bf16 only on hardware with native bf16)")
+    offline.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32 | bfloat16 | float16 | auto (default: bf16 only on hardware with native bf16)",
+    )
     offline.add_argument("--num-prompts", type=int, default=64)
     offline.add_argument("--min-prompt-len", type=int, default=32)
     offline.add_argument("--max-prompt-len", type=int, default=384)
@@ -20,14 +23,21 @@ def register(subparsers) -> None:
     offline.add_argument("--batch1-prompt-len", type=int, default=64)
     offline.add_argument("--seed", type=int, default=0)
     offline.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=True,
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also run Ember with --compile (torch.compile)",
     )
     offline.add_argument("--device", default="cpu", help="torch device for every system (cuda: rank r uses cuda:r)")
-    offline.add_argument("--tensor-parallel-size", type=int, default=1,
-                         help="> 1: also run Ember tensor-parallel (worker processes), side by side")
-    offline.add_argument("--pipeline-parallel-size", type=int, default=1,
-                         help="> 1: also run Ember pipeline-parallel, side by side")
+    offline.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="> 1: also run Ember tensor-parallel (worker processes), side by side",
+    )
+    offline.add_argument(
+        "--pipeline-parallel-size", type=int, default=1, help="> 1: also run Ember pipeline-parallel, side by side"
+    )
     offline.add_argument("--out", default="bench_out/offline.json", help="JSON results file")
     offline.set_defaults(func=run_offline)
 

@@ -96,8 +96,14 @@ def make_prompts(cfg: OfflineBenchConfig, vocab_size: int) -> list[list[int]]:
 
 
 def run_ember(
-    path: str, dtype: str, prompts: list[list[int]], output_len: int, *, compile: bool = False,
-    device: str = "cpu", **parallel,
+    path: str,
+    dtype: str,
+    prompts: list[list[int]],
+    output_len: int,
+    *,
+    compile: bool = False,
+    device: str = "cpu",
+    **parallel,
 ) -> tuple[float, list[list[int]]]:
     from ember import LLM
 
@@ -166,7 +172,9 @@ def self_systems(cfg: OfflineBenchConfig):
     if cfg.compile:
         systems.append(("ember-compiled", functools.partial(ember, compile=True)))
     if cfg.distributed_name:
-        parallel = dict(tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size)
+        parallel = dict(
+            tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size
+        )
         systems.append((cfg.distributed_name, functools.partial(ember, **parallel)))
     return systems + [("hf", functools.partial(run_hf, device=cfg.device))]
 
@@ -180,7 +188,9 @@ def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
         vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
         prompts = make_prompts(cfg, vocab)
         dtype = resolved_dtype_name(path, cfg.dtype, cfg.device)
-        log(f"[bench offline] dtype: {dtype}" + (f" (from --dtype auto on {cfg.device})" if cfg.dtype == "auto" else ""))
+        log(
+            f"[bench offline] dtype: {dtype}" + (f" (from --dtype auto on {cfg.device})" if cfg.dtype == "auto" else "")
+        )
         results = []
         for name, workload in (
             ("throughput", prompts),
@@ -197,6 +207,7 @@ def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
             for system, _ in self_systems(cfg)[:-1]:
                 row[f"{system} / hf"] = row[f"{system} tok/s"] / row["hf tok/s"]
                 row[f"{system} agreement"] = agreement(row.pop(f"_{system}_tokens"), hf_tokens)
-                log(f"[bench offline] {name}: {system} {row[f'{system} tok/s']:.1f} tok/s = {row[f'{system} / hf']:.2f}x hf")
+                rate, ratio = row[f"{system} tok/s"], row[f"{system} / hf"]
+                log(f"[bench offline] {name}: {system} {rate:.1f} tok/s = {ratio:.2f}x hf")
             results.append(row)
     return {"config": {**cfg.__dict__, "resolved_dtype": dtype}, "results": results}

@@ -31,9 +31,7 @@ def add_parser(kinds) -> None:
         help="extra `ember serve` flags as one value (--server-args='--no-enable-prefix-caching'); "
         "repeat to compare servers side by side",
     )
-    target.add_argument(
-        "--server-threads", type=int, default=None, help="OMP_NUM_THREADS for a started server"
-    )
+    target.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS for a started server")
     target.add_argument("--served-model-name", help="model name to send (default: the first of /v1/models)")
     target.add_argument("--api-key", default=None)
     load = serve.add_argument_group("load")
@@ -74,9 +72,7 @@ def _rates(text: str) -> tuple[float, ...]:
     try:
         rates = tuple(float(r) for r in text.split(",") if r.strip())
     except ValueError:
-        raise InvalidInputError(
-            f"--request-rate must be comma-separated numbers or inf, got {text!r}"
-        ) from None
+        raise InvalidInputError(f"--request-rate must be comma-separated numbers or inf, got {text!r}") from None
     if not rates or any(r <= 0 or math.isnan(r) for r in rates):
         raise InvalidInputError(f"--request-rate values must be > 0, got {text!r}")
     return rates
@@ -206,9 +202,7 @@ def run_serving_bench(config: ServeBenchConfig, log_dir) -> list[dict]:
                     )
                     cache_before = _prefix_cache_counts(base_url)
                     results, duration = asyncio.run(
-                        run_load(
-                            base_url, model, workload, load, api_key=config.api_key, progress=config.progress
-                        )
+                        run_load(base_url, model, workload, load, api_key=config.api_key, progress=config.progress)
                     )
                     row = {
                         "server": server_args or "default",

@@ -61,9 +61,7 @@ class RequestResult:
 
     @property
     def tpot_s(self) -> float:
-        return (
-            (self.e2e_s - self.ttft_s) / (self.num_output_tokens - 1) if self.num_output_tokens > 1 else 0.0
-        )
+        return (self.e2e_s - self.ttft_s) / (self.num_output_tokens - 1) if self.num_output_tokens > 1 else 0.0
 
 
 def arrival_times(num: int, rate: float, burstiness: float, seed: int) -> list[float]:
@@ -75,9 +73,7 @@ def arrival_times(num: int, rate: float, burstiness: float, seed: int) -> list[f
     return np.cumsum(gaps).tolist()
 
 
-async def send_request(
-    client, url: str, model: str, request: WorkloadRequest, load: LoadConfig
-) -> RequestResult:
+async def send_request(client, url: str, model: str, request: WorkloadRequest, load: LoadConfig) -> RequestResult:
     result = RequestResult(request.request_id, len(request.prompt_token_ids))
     body = {
         "model": model,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine.llm import LLM
 from ember.core.sampling_params import SamplingParams
+from ember.engine.llm import LLM
 from ember.speculative.speculator import SpecStats
 
 # name -> engine options (the speculative ones); the first is the baseline
@@ -80,9 +80,15 @@ def _run_hf(model, prompts, output_len: int, assistant=None) -> tuple[float, lis
     with torch.no_grad():
         for p in prompts:  # NOTE: assisted generation is batch-1 only in transformers
             ids = torch.tensor([p])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_len,
-                                 min_new_tokens=output_len, do_sample=False, assistant_model=assistant,
-                                 pad_token_id=0)  # fmt: skip
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=output_len,
+                min_new_tokens=output_len,
+                do_sample=False,
+                assistant_model=assistant,
+                pad_token_id=0,
+            )
             tokens.append(out[0, len(p) :].tolist())
     return time.perf_counter() - start, tokens
 
@@ -99,9 +105,16 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
 def run_spec_bench(cfg: SpecBenchConfig, log=print) -> dict:
     from ember.zoo import resolve_model
 
-    systems = {name: LLM(model=cfg.model, dtype=cfg.dtype, max_num_seqs=max(cfg.batch_sizes),
-                         speculative_max_batch_size=max(cfg.batch_sizes), **opts)
-               for name, opts in cfg.systems.items()}  # fmt: skip
+    systems = {
+        name: LLM(
+            model=cfg.model,
+            dtype=cfg.dtype,
+            max_num_seqs=max(cfg.batch_sizes),
+            speculative_max_batch_size=max(cfg.batch_sizes),
+            **opts,
+        )
+        for name, opts in cfg.systems.items()
+    }
     baseline = next(iter(systems))
     prompts = validation_prompts(systems[baseline].engine.tokenizer, cfg.num_prompts, cfg.prompt_len)
     hf = {}
@@ -116,7 +129,7 @@ def run_spec_bench(cfg: SpecBenchConfig, log=print) -> dict:
     times: dict[tuple[str, int], list[float]] = {}
     outputs: dict[tuple[str, int], list[list[int]]] = {}
     stats: dict[tuple[str, int], dict] = {}
-    for name, llm in systems.items():  # warm-up: first-call costs stay out of the timings
+    for llm in systems.values():  # warm-up: first-call costs stay out of the timings
         _run_ember(llm, prompts[:1], 8, 1)
     for r in range(cfg.rounds):
         for batch in cfg.batch_sizes:
@@ -142,15 +155,19 @@ def run_spec_bench(cfg: SpecBenchConfig, log=print) -> dict:
         seconds = statistics.median(samples)
         base = statistics.median(times[(baseline, batch)])
         s = stats.get((name, batch), {})
-        rows.append({
-            "system": name, "batch": batch, "tok/s": round(num_tokens / seconds, 1),
-            "speedup": round(base / seconds, 2),
-            "tokens/step": round(s["tokens_per_step"], 2) if s else (1.0 if name == baseline else None),
-            "draft ms/step": round(s["draft_ms_per_step"], 1) if s else None,
-            "agreement": round(_agreement(outputs[(baseline, batch)], outputs[(name, batch)]), 4),
-            "acceptance by depth": [round(a, 2) for a in s.get("acceptance_by_depth", [])],
-            "seconds": [round(x, 3) for x in samples],
-        })  # fmt: skip
+        rows.append(
+            {
+                "system": name,
+                "batch": batch,
+                "tok/s": round(num_tokens / seconds, 1),
+                "speedup": round(base / seconds, 2),
+                "tokens/step": round(s["tokens_per_step"], 2) if s else (1.0 if name == baseline else None),
+                "draft ms/step": round(s["draft_ms_per_step"], 1) if s else None,
+                "agreement": round(_agreement(outputs[(baseline, batch)], outputs[(name, batch)]), 4),
+                "acceptance by depth": [round(a, 2) for a in s.get("acceptance_by_depth", [])],
+                "seconds": [round(x, 3) for x in samples],
+            }
+        )
     return {"config": {k: v for k, v in cfg.__dict__.items()}, "num_tokens": num_tokens, "results": rows}
 
 
@@ -177,8 +194,11 @@ def plot_spec(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
     for ax, batch in zip(axes[0], batches):
         sel = [r for r in rows if r["batch"] == batch]
-        ax.barh([r["system"] for r in sel], [r["speedup"] for r in sel],
-                color=["#888" if r["system"].startswith("hf") else "#d9622b" for r in sel])  # fmt: skip
+        ax.barh(
+            [r["system"] for r in sel],
+            [r["speedup"] for r in sel],
+            color=["#888" if r["system"].startswith("hf") else "#d9622b" for r in sel],
+        )
         ax.axvline(1.0, color="k", lw=0.8)
         ax.invert_yaxis()
         ax.set_title(f"batch {batch}: speedup over Ember incremental (greedy)")

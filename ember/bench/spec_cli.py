@@ -7,8 +7,9 @@ from pathlib import Path
 
 
 def add_parser(kinds) -> None:
-    spec = kinds.add_parser("spec", help="SpecInfer: incremental vs draft chains, trees, merged drafts, "
-                                          "n-gram and HF assisted generation")  # fmt: skip
+    spec = kinds.add_parser(
+        "spec", help="SpecInfer: incremental vs draft chains, trees, merged drafts, n-gram and HF assisted generation"
+    )
     spec.add_argument("--model", default="ember-tiny", help="target model")
     spec.add_argument("--hf-draft", default="ember-draft-b", help="assistant model of HF assisted generation")
     spec.add_argument("--dtype", default="float32")
@@ -45,12 +46,27 @@ def run_spec(args: argparse.Namespace) -> int:
     if any(b < 1 for b in batch_sizes):
         raise InvalidInputError("--batch-sizes must be positive")
     cfg = SpecBenchConfig(
-        model=args.model, draft=args.hf_draft, dtype=args.dtype, num_prompts=args.num_prompts,
-        prompt_len=args.prompt_len, output_len=args.output_len, batch_sizes=batch_sizes,
-        rounds=args.rounds, hf=not args.no_hf, systems=systems,
-    )  # fmt: skip
+        model=args.model,
+        draft=args.hf_draft,
+        dtype=args.dtype,
+        num_prompts=args.num_prompts,
+        prompt_len=args.prompt_len,
+        output_len=args.output_len,
+        batch_sizes=batch_sizes,
+        rounds=args.rounds,
+        hf=not args.no_hf,
+        systems=systems,
+    )
     payload = run_spec_bench(cfg)
-    columns = ["system", "batch", "tok/s", "speedup", "tokens/step", "draft ms/step", "agreement",
-               "acceptance by depth"]  # fmt: skip
+    columns = [
+        "system",
+        "batch",
+        "tok/s",
+        "speedup",
+        "tokens/step",
+        "draft ms/step",
+        "agreement",
+        "acceptance by depth",
+    ]
     write_results(Path(args.out), payload, payload["results"], columns, plot_spec)
     return 0

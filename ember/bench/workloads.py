@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ember.errors import InvalidInputError
 
@@ -64,9 +65,7 @@ class Workload:
 class _Tokens:
     def __init__(self, seed: int, vocab_size: int) -> None:
         if vocab_size <= _FIRST_PLAIN_TOKEN:
-            raise InvalidInputError(
-                f"vocab_size={vocab_size}: must be > {_FIRST_PLAIN_TOKEN}", param="vocab_size"
-            )
+            raise InvalidInputError(f"vocab_size={vocab_size}: must be > {_FIRST_PLAIN_TOKEN}", param="vocab_size")
         self.rng = random.Random(seed)
         self.vocab_size = vocab_size
 
@@ -173,9 +172,7 @@ def agent_workload(
         for turn in range(num_turns):
             max_tokens = tokens.length(output_len, range_ratio)
             gap = tokens.rng.expovariate(1 / tool_latency_s) if turn and tool_latency_s else 0.0
-            requests.append(
-                WorkloadRequest(f"agent-{s}-{turn}", context, max_tokens, f"agent-{s}", turn, gap)
-            )
+            requests.append(WorkloadRequest(f"agent-{s}-{turn}", context, max_tokens, f"agent-{s}", turn, gap))
             context += tokens.ids(max_tokens) + tokens.ids(tokens.length(tool_result_len, range_ratio))
     return Workload("agent", tuple(requests))
 

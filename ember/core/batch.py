@@ -83,8 +83,11 @@ class SerializedTree:
         node, path = 0, []
         for token_id in token_ids:
             child = next(
-                (c for c in range(node + 1, self.num_tokens)
-                 if self.parent_indices[c] == node and self.token_ids[c] == token_id),
+                (
+                    c
+                    for c in range(node + 1, self.num_tokens)
+                    if self.parent_indices[c] == node and self.token_ids[c] == token_id
+                ),
                 None,
             )
             if child is None:

@@ -58,7 +58,6 @@ class Request:
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None
-    first_token_time: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)  # None for greedy
 
     @property

@@ -29,9 +29,7 @@ _SEQ_SEED_STRIDE = 0x9E3779B97F4A7C15
 _PROMPT_LOGPROBS_CHUNK = 256  # rows per log_softmax: bounds memory at chunk * vocab floats
 
 
-def make_generator(
-    seed: int | None, device: torch.device | str = "cpu", *, seq_index: int = 0
-) -> torch.Generator:
+def make_generator(seed: int | None, device: torch.device | str = "cpu", *, seq_index: int = 0) -> torch.Generator:
     """A generator for one sampled sequence, on the device the logits will live on.
 
     ``seed=None`` draws a seed from torch's global RNG, so ``torch.manual_seed`` before a run
@@ -84,9 +82,7 @@ class SamplingState:
     @property
     def has_penalties(self) -> bool:
         p = self.params
-        return (
-            p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-        )
+        return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
     @property
     def banned_token_ids(self) -> list[int]:
@@ -300,9 +296,7 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor
     return (probs / noise.clamp_min_(torch.finfo(probs.dtype).tiny)).argmax(dim=-1)
 
 
-def token_logprobs(
-    logprobs: torch.Tensor, token_ids: torch.Tensor, top_ns: list[int]
-) -> list[TokenLogprobs]:
+def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, top_ns: list[int]) -> list[TokenLogprobs]:
     """logprobs [R, V] (log_softmax'd), token_ids [R], top_ns: R counts -> R entries."""
     chosen = logprobs.gather(-1, token_ids[:, None])
     ranks = ((logprobs > chosen).sum(dim=-1) + 1).tolist()

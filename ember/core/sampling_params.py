@@ -27,24 +27,29 @@ class SamplingParams:
     n: int = field(default=1, metadata={"help": "sequences to generate per prompt"})
     presence_penalty: float = field(
         default=0.0,
-        metadata={"help": "in [-2, 2]; subtract p * (count > 0) from the logits of tokens "
-                  "already generated (the prompt does not count)"},
+        metadata={
+            "help": "in [-2, 2]; subtract p * (count > 0) from the logits of tokens "
+            "already generated (the prompt does not count)"
+        },
     )
     frequency_penalty: float = field(
         default=0.0,
-        metadata={"help": "in [-2, 2]; subtract f * count from the logits of tokens already "
-                  "generated (the prompt does not count)"},
+        metadata={
+            "help": "in [-2, 2]; subtract f * count from the logits of tokens already "
+            "generated (the prompt does not count)"
+        },
     )
     repetition_penalty: float = field(
         default=1.0,
-        metadata={"help": "> 0; 1 is off. Logits of tokens in prompt or output are divided by "
-                  "it when positive and multiplied by it when negative"},
+        metadata={
+            "help": "> 0; 1 is off. Logits of tokens in prompt or output are divided by "
+            "it when positive and multiplied by it when negative"
+        },
     )
     temperature: float = field(default=1.0, metadata={"help": ">= 0; 0 is greedy"})
     top_p: float = field(
         default=1.0,
-        metadata={"help": "in (0, 1]; keep the smallest set of most likely tokens whose mass "
-                  "reaches top_p"},
+        metadata={"help": "in (0, 1]; keep the smallest set of most likely tokens whose mass reaches top_p"},
     )
     top_k: int = field(
         default=0,
@@ -67,9 +72,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = field(
         default=False, metadata={"help": "keep the matched stop string in the text"}
     )
-    ignore_eos: bool = field(
-        default=False, metadata={"help": "keep generating after the model's EOS token"}
-    )
+    ignore_eos: bool = field(default=False, metadata={"help": "keep generating after the model's EOS token"})
     max_tokens: int | None = field(
         default=16,
         metadata={"help": "output tokens at most; None means up to the context length"},
@@ -80,13 +83,11 @@ class SamplingParams:
     )
     logprobs: int | None = field(
         default=None,
-        metadata={"help": f"return the sampled token's logprob plus this many top alternatives "
-                  f"(0-{MAX_LOGPROBS})"},
+        metadata={"help": f"return the sampled token's logprob plus this many top alternatives (0-{MAX_LOGPROBS})"},
     )
     prompt_logprobs: int | None = field(
         default=None,
-        metadata={"help": f"the same as logprobs for every prompt token after the first "
-                  f"(0-{MAX_LOGPROBS})"},
+        metadata={"help": f"the same as logprobs for every prompt token after the first (0-{MAX_LOGPROBS})"},
     )
     skip_special_tokens: bool = field(
         default=True, metadata={"help": "detokenisation: leave special tokens out of the text"}
@@ -144,9 +145,7 @@ class SamplingParams:
         ids = self.stop_token_ids
         if ids is None:
             ids = []
-        elif not isinstance(ids, (list, tuple, set, frozenset)) or not all(
-            _is_int(t) and t >= 0 for t in ids
-        ):
+        elif not isinstance(ids, (list, tuple, set, frozenset)) or not all(_is_int(t) and t >= 0 for t in ids):
             self._fail("stop_token_ids", "a list of non-negative token ids")
         self._set("stop_token_ids", list(ids))
 
@@ -158,9 +157,7 @@ class SamplingParams:
         if not _is_int(value) or value < lo or (hi is not None and value > hi):
             self._fail(name, rule + (" or None" if optional else ""))
 
-    def _check_float(
-        self, name: str, *, lo: float, hi: float | None = None, lo_open: bool = False
-    ) -> None:
+    def _check_float(self, name: str, *, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
         value = getattr(self, name)
         left = "(" if lo_open else "["
         rule = f"a number > {lo}" if lo_open else f"a number >= {lo}"

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import atexit
 import itertools
-from collections import Counter
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
 
-from ember.distributed.layout import ParallelLayout
 from ember.core.batch import Batch, RunnerOutput
+from ember.distributed.layout import ParallelLayout
 from ember.distributed.messages import Ready, Shutdown, StepRequest, StepResult, WorkerFailed, WorkerInit
 from ember.distributed.process import free_port
 from ember.errors import WorkerError
@@ -79,10 +79,18 @@ class DistributedExecutor:
         atexit.register(self.close)
         for rank in range(layout.world_size):
             init = WorkerInit(
-                rank=rank, layout=layout, model_path=Path(model_path), dtype=str(dtype).removeprefix("torch."),
-                device=device, num_blocks=num_blocks, block_size=block_size, attention_backend=attention_backend,
-                master_port=port, parent_pid=os.getpid(), timeout_s=max(start_timeout_s, step_timeout_s),
-            )  # fmt: skip
+                rank=rank,
+                layout=layout,
+                model_path=Path(model_path),
+                dtype=str(dtype).removeprefix("torch."),
+                device=device,
+                num_blocks=num_blocks,
+                block_size=block_size,
+                attention_backend=attention_backend,
+                master_port=port,
+                parent_pid=os.getpid(),
+                timeout_s=max(start_timeout_s, step_timeout_s),
+            )
             # NOTE: a fresh interpreter per rank (not multiprocessing spawn, which re-imports
             # the caller's __main__ and so breaks scripts without a main guard); its end of
             # a socket pair is inherited by fd number.
@@ -253,4 +261,3 @@ class DistributedExecutor:
             for obj in ready:
                 if obj in sentinels:
                     self._fail(f"{self._exit_of(sentinels[obj])} while {doing}")
-

@@ -104,14 +104,12 @@ class ParallelLayout:
             )
         if arch.num_kv_heads % tp and tp % arch.num_kv_heads:
             raise InvalidInputError(
-                f"tensor_parallel_size={tp} and the model's {arch.num_kv_heads} KV heads: one must "
-                "divide the other",
+                f"tensor_parallel_size={tp} and the model's {arch.num_kv_heads} KV heads: one must divide the other",
                 param="tensor_parallel_size",
             )
         if arch.intermediate_size % tp:
             raise InvalidInputError(
-                f"tensor_parallel_size={tp} must divide the model's intermediate size "
-                f"{arch.intermediate_size}",
+                f"tensor_parallel_size={tp} must divide the model's intermediate size {arch.intermediate_size}",
                 param="tensor_parallel_size",
             )
         if pp > arch.num_layers:

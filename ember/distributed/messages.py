@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ember.distributed.layout import ParallelLayout
 from ember.core.batch import Batch
+from ember.distributed.layout import ParallelLayout
 
 
 @dataclass(frozen=True)

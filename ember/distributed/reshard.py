@@ -87,11 +87,13 @@ def plan_reshard(arch: ModelArchConfig, old: ParallelLayout, new: ParallelLayout
                 (src_rank, piece)
                 for src_rank in range(old.world_size)
                 if (piece := held_slice(spec, arch, old, src_rank)) is not None
-                and piece.start < need.stop and need.start < piece.stop
+                and piece.start < need.stop
+                and need.start < piece.stop
             ]
-            cuts = sorted({need.start, need.stop} | {
-                b for _, p in holders for b in (p.start, p.stop) if need.start < b < need.stop
-            })
+            cuts = sorted(
+                {need.start, need.stop}
+                | {b for _, p in holders for b in (p.start, p.stop) if need.start < b < need.stop}
+            )
             pieces: list[tuple[int, int, int]] = []  # (start, stop, src_rank)
             for lo, hi in zip(cuts, cuts[1:]):
                 sources = [r for r, p in holders if p.start <= lo and hi <= p.stop]
@@ -102,8 +104,9 @@ def plan_reshard(arch: ModelArchConfig, old: ParallelLayout, new: ParallelLayout
                 else:
                     pieces.append((lo, hi, src))
             transfers.extend(
-                Transfer(kind, spec.name, spec.layer, need.dim, lo, hi, src, dst_rank,
-                         old.coord(src), new.coord(dst_rank))
+                Transfer(
+                    kind, spec.name, spec.layer, need.dim, lo, hi, src, dst_rank, old.coord(src), new.coord(dst_rank)
+                )
                 for lo, hi, src in pieces
-            )  # fmt: skip
+            )
     return ReshardPlan(old, new, transfers)

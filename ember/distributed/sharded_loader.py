@@ -57,9 +57,15 @@ def load_checkpoint_info(model: str, *, dtype, device) -> tuple[LoadedModel, tor
 
 
 def load_shard(
-    path: Path, arch: ModelArchConfig, layout: ParallelLayout, rank: int, *, dtype: torch.dtype,
-    device: torch.device, group,
-) -> nn.Module:  # fmt: skip
+    path: Path,
+    arch: ModelArchConfig,
+    layout: ParallelLayout,
+    rank: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    group,
+) -> nn.Module:
     coord = layout.coord(rank)
     with torch.device("meta"):
         module = get_model_class(arch.architecture)(arch)
@@ -82,11 +88,15 @@ def _hf_name(name: str, arch: ModelArchConfig) -> str:
 
 
 def _shard_weights(
-    files: list[Path], specs: dict[str, TensorSpec], arch: ModelArchConfig, layout: ParallelLayout,
-    rank: int, first_layer: int,
-) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
+    files: list[Path],
+    specs: dict[str, TensorSpec],
+    arch: ModelArchConfig,
+    layout: ParallelLayout,
+    rank: int,
+    first_layer: int,
+) -> Iterator[tuple[str, torch.Tensor]]:
     coord = layout.coord(rank)
-    for file, name, read in _iter_readers(files):
+    for _file, name, read in _iter_readers(files):
         hf = _hf_name(name, arch)
         if "rotary_emb.inv_freq" in hf or (arch.tie_word_embeddings and hf == "lm_head.weight"):
             continue

@@ -132,10 +132,7 @@ def tensor_specs(arch: ModelArchConfig) -> dict[str, TensorSpec]:
 
 def kv_specs(arch: ModelArchConfig) -> list[TensorSpec]:
     """One pseudo-tensor per layer for its KV cache: axis 0 = KV heads (K and V alike)."""
-    return [
-        TensorSpec(f"kv.{layer}", (arch.num_kv_heads,), "column", 1, layer)
-        for layer in range(arch.num_layers)
-    ]
+    return [TensorSpec(f"kv.{layer}", (arch.num_kv_heads,), "column", 1, layer) for layer in range(arch.num_layers)]
 
 
 def local_sizes(arch: ModelArchConfig, tp: int, rank: int) -> dict[str, int]:

@@ -66,9 +66,7 @@ def is_llama(arch: ModelArchConfig) -> bool:
     return arch.architecture != "OPTForCausalLM"
 
 
-def shard_model(
-    model: nn.Module, arch: ModelArchConfig, layout: ParallelLayout, coord: RankCoord, group
-) -> nn.Module:
+def shard_model(model: nn.Module, arch: ModelArchConfig, layout: ParallelLayout, coord: RankCoord, group) -> nn.Module:
     """Turn a meta-device full model into rank ``coord``'s part (still on meta)."""
     tp, sizes = layout.tp_size, local_sizes(arch, layout.tp_size, coord.tp)
     chunk = sizes["vocab_chunk"]
@@ -126,7 +124,11 @@ def local_weight_map(model: nn.Module, arch: ModelArchConfig, layout: ParallelLa
         kv_rows = sizes["num_kv_heads"] * arch.head_dim
         inter = sizes["intermediate_size"]
         fused = {
-            "self_attn.qkv_proj": [("self_attn.q_proj", q_rows), ("self_attn.k_proj", kv_rows), ("self_attn.v_proj", kv_rows)],
+            "self_attn.qkv_proj": [
+                ("self_attn.q_proj", q_rows),
+                ("self_attn.k_proj", kv_rows),
+                ("self_attn.v_proj", kv_rows),
+            ],
             "mlp.gate_up_proj": [("mlp.gate_proj", inter), ("mlp.up_proj", inter)],
         }
     else:

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ember.attention import allocate_kv_cache
+from ember.attention.kv_cache import apply_kv_copies
+from ember.attention.step_inputs import LogitsRows, build_step_inputs
 from ember.core.batch import ScheduledRequest
 from ember.distributed.messages import Ready, Shutdown, StepRequest, StepResult, WorkerFailed, WorkerInit
 from ember.distributed.process import exit_rank
@@ -26,8 +28,6 @@ from ember.distributed.shards import local_sizes
 from ember.distributed.stage import Stage
 from ember.models.config import ModelArchConfig
 from ember.models.loader import _read_json
-from ember.attention.kv_cache import apply_kv_copies
-from ember.attention.step_inputs import LogitsRows, build_step_inputs
 
 
 def split_microbatches(items: list[ScheduledRequest], count: int) -> list[list[ScheduledRequest]]:
@@ -76,9 +76,12 @@ class RankWorker:
             self.device = torch.device("cpu")
             backend = "gloo"
         dist.init_process_group(
-            backend, init_method=f"tcp://127.0.0.1:{init.master_port}", rank=init.rank,
-            world_size=layout.world_size, timeout=timedelta(seconds=init.timeout_s),
-        )  # fmt: skip
+            backend,
+            init_method=f"tcp://127.0.0.1:{init.master_port}",
+            rank=init.rank,
+            world_size=layout.world_size,
+            timeout=timedelta(seconds=init.timeout_s),
+        )
         # NOTE: every rank creates every group, in the same order (new_group is collective).
         self.tp_group = None
         for pp in range(layout.pp_size):
@@ -87,8 +90,9 @@ class RankWorker:
             if init.rank in ranks:
                 self.tp_group = group
         dtype = getattr(torch, init.dtype)
-        module = load_shard(init.model_path, self.arch, layout, init.rank, dtype=dtype, device=self.device,
-                            group=self.tp_group)  # fmt: skip
+        module = load_shard(
+            init.model_path, self.arch, layout, init.rank, dtype=dtype, device=self.device, group=self.tp_group
+        )
         self.num_params = sum(p.numel() for p in module.parameters())
         self.stage = Stage(module, self.arch)
         self.is_first = self.coord.pp == 0
@@ -96,9 +100,14 @@ class RankWorker:
         self.is_result_rank = self.is_last and self.coord.tp == 0
         sizes = local_sizes(self.arch, layout.tp_size, self.coord.tp)
         self.kv_caches = allocate_kv_cache(
-            num_layers=len(self.stage.layers), num_blocks=init.num_blocks, block_size=init.block_size,
-            num_kv_heads=sizes["num_kv_heads"], head_dim=self.arch.head_dim, dtype=dtype, device=self.device,
-        )  # fmt: skip
+            num_layers=len(self.stage.layers),
+            num_blocks=init.num_blocks,
+            block_size=init.block_size,
+            num_kv_heads=sizes["num_kv_heads"],
+            head_dim=self.arch.head_dim,
+            dtype=dtype,
+            device=self.device,
+        )
         self.dtype = dtype
         self.prev_rank = None if self.is_first else init.rank - layout.tp_size
         self.next_rank = None if self.is_last else init.rank + layout.tp_size

@@ -15,13 +15,14 @@ import concurrent.futures
 import logging
 import queue
 import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
+from ember.core.sampling_params import SamplingParams
 from ember.engine.llm_engine import LLMEngine, PromptType
 from ember.engine.outputs import RequestOutput
 from ember.errors import EmberError
-from ember.core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -281,9 +282,7 @@ class AsyncLLMEngine:
         limit = self.max_waiting_requests
         if limit is not None and self.engine.scheduler.num_waiting >= limit:
             raise EngineOverloadedError(f"the server's waiting queue is full ({limit} requests); retry later")
-        self.engine.add_request(
-            command.request_id, command.prompt, command.params, arrival_time=command.arrival_time
-        )
+        self.engine.add_request(command.request_id, command.prompt, command.params, arrival_time=command.arrival_time)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}

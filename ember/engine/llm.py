@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
 from ember.config import EngineConfig
+from ember.core.sampling_params import SamplingParams
 from ember.engine.llm_engine import LLMEngine, PromptType
 from ember.engine.outputs import RequestOutput
 from ember.errors import InvalidInputError
-from ember.core.sampling_params import SamplingParams
 
 
 class LLM:
@@ -32,7 +32,7 @@ class LLM:
         """Release the engine's worker processes (tensor/pipeline parallel); idempotent."""
         self.engine.close()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -77,9 +77,7 @@ class LLM:
         ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def stream(
-        self, prompt: PromptType, sampling_params: SamplingParams | None = None
-    ) -> Iterator[RequestOutput]:
+    def stream(self, prompt: PromptType, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield the request's output after every step that advanced it (cumulative text and
         tokens); the last one has ``finished=True``. Closing the iterator aborts the request."""
         request_id = self.engine.add_request(None, prompt, sampling_params)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -38,7 +38,7 @@ from ember.runner.model_runner import kv_bytes_per_block
 from ember.speculative.speculator import Speculator, build_speculator
 from ember.zoo import resolve_model
 
-PromptType = Union[str, list[int], dict[str, Any]]
+PromptType = str | list[int] | dict[str, Any]
 
 
 class LLMEngine:
@@ -123,7 +123,9 @@ class LLMEngine:
             )
             detokenizer = None
             if self.tokenizer is not None:
-                detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens)
+                detokenizer = IncrementalDetokenizer(
+                    self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens
+                )
             logprobs = [] if params.logprobs is not None else None
             group.sequences.append(SequenceState(request, index, detokenizer, logprobs=logprobs))
         self.outputs.add(group)
@@ -179,7 +181,11 @@ class LLMEngine:
     def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
         if params.is_greedy:
             return None
-        seed = params.seed + index if params.seed is not None else int(torch.randint(0, 2**62, (), generator=self._seed_rng))
+        seed = (
+            params.seed + index
+            if params.seed is not None
+            else int(torch.randint(0, 2**62, (), generator=self._seed_rng))
+        )
         return make_generator(seed, self.device)
 
     def _budget_fn(self, config) -> AdaptiveBudget | None:

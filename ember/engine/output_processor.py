@@ -5,8 +5,8 @@ requests a step advanced into outputs, and send stop-string decisions to the sch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -145,7 +145,6 @@ class OutputProcessor:
         for request in updated:
             group, seq = self.sequences[request.request_id]
             group.first_token_time = group.first_token_time or now
-            request.first_token_time = request.first_token_time or now
             for token_id in request.output_token_ids[seq.num_seen_tokens :]:
                 stop = seq.add_token(token_id, samples.logprobs.get(request.request_id))
                 if stop is not None:

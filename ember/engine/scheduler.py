@@ -19,8 +19,7 @@ and what the output processor decided (``stop`` at a stop string), never writes 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from ember.config import SchedulerConfig
 from ember.core.batch import Batch, KVCopy, ScheduledRequest, SerializedTree
@@ -32,7 +31,9 @@ BudgetFn = Callable[[list[Request]], int]
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: BaseKVCacheManager, *, budget_fn: BudgetFn | None = None) -> None:
+    def __init__(
+        self, config: SchedulerConfig, kv_cache: BaseKVCacheManager, *, budget_fn: BudgetFn | None = None
+    ) -> None:
         if config.max_model_len is None:
             raise ValueError("the scheduler needs a resolved max_model_len")
         self.config = config

@@ -10,9 +10,9 @@ it to size a step to a target time."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class LatencyModel:
         return self.per_token_s * n + self.per_pair_s * (n * position + n * n / 2)
 
     @classmethod
-    def analytic(cls, *, num_params: int, hidden_size: int, num_layers: int, flops_per_s: float = 2e11) -> "LatencyModel":
+    def analytic(cls, *, num_params: int, hidden_size: int, num_layers: int, flops_per_s: float = 2e11) -> LatencyModel:
         """From FLOPs alone (2 per parameter per token; 4 * hidden per layer per pair), before
         a profile exists. Only the ratio of the terms matters for eviction order."""
         return cls(
@@ -51,7 +51,9 @@ class LatencyModel:
         )
 
     @classmethod
-    def fit_batches(cls, samples: Sequence[tuple[Sequence[tuple[int, int]], float]], source: str = "profile") -> "LatencyModel":
+    def fit_batches(
+        cls, samples: Sequence[tuple[Sequence[tuple[int, int]], float]], source: str = "profile"
+    ) -> LatencyModel:
         """Least squares over steps: ``([(num_tokens, context) per request], seconds)``."""
         from scipy.optimize import nnls
 
@@ -69,5 +71,5 @@ class LatencyModel:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> "LatencyModel":
+    def load(cls, path: Path) -> LatencyModel:
         return cls(**json.loads(path.read_text()))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ember.kvcache.hash_manager import HashKVCacheManager
 from ember.kvcache.interface import BaseKVCacheManager
@@ -21,4 +22,6 @@ def make_kv_cache_manager(
     policy = config.effective_policy
     if policy in ("hash", "none"):
         return HashKVCacheManager(num_blocks=num_blocks, block_size=config.block_size, enable_caching=policy == "hash")
-    return TreeKVCacheManager(num_blocks=num_blocks, block_size=config.block_size, policy=make_policy(policy, recompute_cost))
+    return TreeKVCacheManager(
+        num_blocks=num_blocks, block_size=config.block_size, policy=make_policy(policy, recompute_cost)
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 from ember.kvcache.prefix_tree import PrefixTree, TreeNode
 

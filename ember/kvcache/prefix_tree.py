@@ -17,21 +17,21 @@ holes are pruned); ``num_cached_below`` counts the cached nodes strictly below e
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 
 @dataclass(eq=False)
 class TreeNode:
     tokens: tuple[int, ...]
-    parent: "TreeNode | None"
+    parent: TreeNode | None
     depth: int  # block index within the sequence; the root is -1
     block_id: int | None = None  # None: a hole, or the root
     ref_count: int = 0
     last_access: int = 0  # logical clock (ticks of the tree), not seconds
     hit_count: int = 0
     num_cached_below: int = 0
-    children: dict[tuple[int, ...], "TreeNode"] = field(default_factory=dict)
+    children: dict[tuple[int, ...], TreeNode] = field(default_factory=dict)
     node_id: int = 0
 
     @property

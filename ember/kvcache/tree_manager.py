@@ -9,7 +9,7 @@ Blocks are in exactly one of three states:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ember.core.request import Request
 from ember.kvcache.interface import BaseKVCacheManager, PrefixMatch

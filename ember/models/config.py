@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ember.errors import ModelLoadError
 
@@ -38,15 +39,12 @@ class RopeScaling:
 
     def __post_init__(self):
         if self.rope_type not in ROPE_TYPES:
-            raise ValueError(
-                f"rope_type={self.rope_type!r} is not supported; supported: {ROPE_TYPES}"
-            )
+            raise ValueError(f"rope_type={self.rope_type!r} is not supported; supported: {ROPE_TYPES}")
         if self.factor <= 0:
             raise ValueError(f"factor={self.factor} must be positive")
         if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
             raise ValueError(
-                f"high_freq_factor={self.high_freq_factor} must exceed "
-                f"low_freq_factor={self.low_freq_factor}"
+                f"high_freq_factor={self.high_freq_factor} must exceed low_freq_factor={self.low_freq_factor}"
             )
 
 
@@ -91,15 +89,21 @@ class ModelArchConfig:
     torch_dtype: str | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"
-            )
+            raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
         if self.norm_eps <= 0:
@@ -117,7 +121,7 @@ class ModelArchConfig:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any]) -> "ModelArchConfig":
+    def from_hf(cls, hf: Mapping[str, Any]) -> ModelArchConfig:
         """Normalise a ``config.json`` dict; raises ModelLoadError naming a bad or missing key."""
         try:
             architecture = hf_architecture(hf)
@@ -142,9 +146,7 @@ def hf_architecture(hf: Mapping[str, Any]) -> str:
     model_type = hf.get("model_type")
     if model_type in _ARCH_OF_MODEL_TYPE:
         return _ARCH_OF_MODEL_TYPE[model_type]
-    raise ModelLoadError(
-        f"config.json names no 'architectures' and its model_type {model_type!r} is unknown"
-    )
+    raise ModelLoadError(f"config.json names no 'architectures' and its model_type {model_type!r} is unknown")
 
 
 def _llama_fields(hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,9 +74,7 @@ class RotaryEmbedding(nn.Module):
         inv_freq, self.attention_scaling = rope_inv_freq(head_dim, theta, scaling)
         self._inv_freq = inv_freq
 
-    def forward(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``positions`` any shape ``[...]`` -> ``(cos, sin)``, each ``[..., head_dim]``."""
         if self._inv_freq.device != positions.device:
             self._inv_freq = self._inv_freq.to(positions.device)
@@ -125,9 +123,7 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-def _yarn_inv_freq(
-    inv_freq: torch.Tensor, dim: int, base: float, s: RopeScaling
-) -> tuple[torch.Tensor, float]:
+def _yarn_inv_freq(inv_freq: torch.Tensor, dim: int, base: float, s: RopeScaling) -> tuple[torch.Tensor, float]:
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,10 +20,14 @@ from ember.models.registry import get_model_class
 from ember.models.tokenizer import Tokenizer, load_tokenizer
 
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}  # fmt: skip
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 
@@ -91,9 +96,7 @@ def load_model(
     )
 
 
-def resolve_dtype(
-    dtype: torch.dtype | str, config: ModelArchConfig, device: torch.device
-) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str, config: ModelArchConfig, device: torch.device) -> torch.dtype:
     """The torch dtype for ``dtype`` (a name, a torch dtype or "auto") on ``device``."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
@@ -102,9 +105,7 @@ def resolve_dtype(
     if dtype == "auto":
         return resolve_auto_dtype(config.torch_dtype, device)
     if dtype not in DTYPES:
-        raise InvalidInputError(
-            f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}", param="dtype"
-        )
+        raise InvalidInputError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}", param="dtype")
     return DTYPES[dtype]
 
 
@@ -161,16 +162,17 @@ def _download(repo_id: str) -> Path:
     errors = []
     for local_only in (True, False):
         try:
-            path = Path(snapshot_download(
-                repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=local_only
-            ))  # fmt: skip
+            path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=local_only))
         except Exception as exc:  # hub errors have many types (offline, 404, auth, network)
             errors.append(f"{type(exc).__name__}: {exc}")
             continue
         if not any(path.glob("*.safetensors")):
             try:  # NOTE: .bin only when the repo has no safetensors, to avoid downloading both
-                path = Path(snapshot_download(repo_id, allow_patterns=["*.bin", "*.bin.index.json"],
-                                              local_files_only=local_only))
+                path = Path(
+                    snapshot_download(
+                        repo_id, allow_patterns=["*.bin", "*.bin.index.json"], local_files_only=local_only
+                    )
+                )
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -205,9 +207,7 @@ def _weight_files(path: Path) -> list[Path]:
             files = [path / name for name in sorted(set(weight_map.values()))]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise ModelLoadError(
-                    f"{path}: shard(s) listed in {index_name} are missing: {missing}"
-                )
+                raise ModelLoadError(f"{path}: shard(s) listed in {index_name} are missing: {missing}")
             return files
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (path / single).is_file():
@@ -233,9 +233,7 @@ def _iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                     for name in f.keys():
                         yield name, f.get_tensor(name)
             except (SafetensorError, OSError) as exc:
-                raise ModelLoadError(
-                    f"{file.name}: corrupt or unreadable safetensors file: {exc}"
-                ) from None
+                raise ModelLoadError(f"{file.name}: corrupt or unreadable safetensors file: {exc}") from None
         else:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True)

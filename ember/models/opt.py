@@ -4,7 +4,7 @@ differs from the hidden size. q/k/v are one fused Linear; HF names map onto it."
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,7 @@ class OPTAttention(nn.Module):
 
     def forward(self, x, kv_cache, attn_meta) -> torch.Tensor:
         lead = x.shape[:-1]
-        q, k, v = (
-            t.view(*lead, self.num_heads, self.head_dim) for t in self.qkv_proj(x).chunk(3, dim=-1)
-        )
+        q, k, v = (t.view(*lead, self.num_heads, self.head_dim) for t in self.qkv_proj(x).chunk(3, dim=-1))
         out = attend(q, k, v, kv_cache, attn_meta, self.scale)
         return self.out_proj(out.reshape(*lead, -1))
 
@@ -63,17 +61,13 @@ class OPTDecoder(nn.Module):
         super().__init__()
         hidden, embed_dim = config.hidden_size, config.embed_dim
         self.embed_tokens = make_embedding(config.vocab_size, embed_dim)
-        self.embed_positions = make_embedding(
-            config.max_position_embeddings + config.position_offset, hidden
-        )
+        self.embed_positions = make_embedding(config.max_position_embeddings + config.position_offset, hidden)
         projected = embed_dim != hidden
         self.project_in = nn.Linear(embed_dim, hidden, bias=False) if projected else None
         self.project_out = nn.Linear(hidden, embed_dim, bias=False) if projected else None
         self.layers = nn.ModuleList(OPTDecoderLayer(config) for _ in range(config.num_layers))
         self.final_layer_norm = (
-            nn.LayerNorm(
-                hidden, config.norm_eps, elementwise_affine=config.layer_norm_elementwise_affine
-            )
+            nn.LayerNorm(hidden, config.norm_eps, elementwise_affine=config.layer_norm_elementwise_affine)
             if config.has_final_layer_norm
             else None
         )

@@ -27,6 +27,5 @@ def get_model_class(architecture: str) -> type[nn.Module]:
         return MODEL_CLASSES[architecture]
     except KeyError:
         raise ModelLoadError(
-            f"unsupported model architecture {architecture!r}; "
-            f"supported: {', '.join(supported_architectures())}"
+            f"unsupported model architecture {architecture!r}; supported: {', '.join(supported_architectures())}"
         ) from None

@@ -4,18 +4,17 @@ template, and incremental detokenization for streaming."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import tokenizers
 
 from ember.errors import InvalidInputError, ModelLoadError
 
-_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
-                       "cls_token", "mask_token")
-
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
 
 # ChatML, the chat template of Ember's own tokenizers (the built-in models).
@@ -28,6 +27,7 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
 
 class Tokenizer:
     """Text <-> token ids with the checkpoint's special tokens and chat template.
@@ -78,12 +78,8 @@ class Tokenizer:
                 "this model's tokenizer has no chat template; send a plain prompt instead",
                 param="messages",
             )
-        if not isinstance(messages, Sequence) or not all(
-            isinstance(m, Mapping) and "role" in m for m in messages
-        ):
-            raise InvalidInputError(
-                "messages must be a list of objects with a 'role'", param="messages"
-            )
+        if not isinstance(messages, Sequence) or not all(isinstance(m, Mapping) and "role" in m for m in messages):
+            raise InvalidInputError("messages must be a list of objects with a 'role'", param="messages")
         import jinja2
 
         try:
@@ -111,9 +107,7 @@ class IncrementalDetokenizer:
 
     _CONTEXT_TOKENS = 5
 
-    def __init__(
-        self, tokenizer: Tokenizer, prompt_ids: Sequence[int], skip_special_tokens: bool = True
-    ):
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], skip_special_tokens: bool = True):
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
         self._ids = list(prompt_ids)
@@ -127,7 +121,7 @@ class IncrementalDetokenizer:
         prefix_text, new_text = self._window()
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
             return ""
-        delta = new_text[len(prefix_text):]
+        delta = new_text[len(prefix_text) :]
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
         self.text += delta
@@ -136,7 +130,7 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """At the end of generation: the held-back text (an incomplete character's U+FFFD)."""
         prefix_text, new_text = self._window()
-        delta = new_text[len(prefix_text):]
+        delta = new_text[len(prefix_text) :]
         self._prefix_offset = self._read_offset = len(self._ids)
         self.text += delta
         return delta
@@ -186,9 +180,7 @@ def _chat_template(path: Path, config: Mapping[str, Any]) -> str | None:
     jinja_file = path / "chat_template.jinja"
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8")
-    template = config.get("chat_template") or _read_json(path / "chat_template.json").get(
-        "chat_template"
-    )
+    template = config.get("chat_template") or _read_json(path / "chat_template.json").get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
         template = named.get("default")
@@ -216,13 +208,9 @@ def _compile_template(source: str):
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # NOTE: jinja's own tojson escapes HTML characters, which chat templates must not do.
-        return json.dumps(
-            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-        )
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols]
-    )
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

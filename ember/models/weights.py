@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -67,8 +67,7 @@ class HFWeightMap:
                 target = target.narrow(0, start, rows)
             if tuple(tensor.shape) != tuple(target.shape):
                 raise ModelLoadError(
-                    f"weight {hf_name!r} has shape {tuple(tensor.shape)}, "
-                    f"the model expects {tuple(target.shape)}"
+                    f"weight {hf_name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}"
                 )
             with torch.no_grad():
                 target.copy_(tensor)

@@ -12,8 +12,7 @@ from ember.errors import InvalidInputError
 _SPACE_FLAGS = (
     ("--num-devices", "devices (ranks) to plan for (a power of two)", "4"),
     ("--memory-budget", "per-device memory budget, e.g. 64MiB, 2GB (default: unlimited)", None),
-    ("--global-batch-sizes", "comma-separated candidates (default: the recipe's "
-                             "batch_size x grad_accum)", None),
+    ("--global-batch-sizes", "comma-separated candidates (default: the recipe's batch_size x grad_accum)", None),
     ("--micro-batches", "comma-separated micro-batch counts (default: powers of two)", None),
     ("--pp-degrees", "comma-separated pipeline degrees (default: powers of two)", None),
     ("--dp-types", "data-parallel kinds to consider", "ddp,zero2,zero3"),
@@ -22,24 +21,30 @@ _SPACE_FLAGS = (
 _MODEL_FLAGS = (
     ("--recipe", "the model of this recipe (see ember train --list-recipes)", "ember-debug"),
     ("--seq-len", "sequence length (default: the recipe's)", None),
-    ("--profile-devices", "ranks of the hardware profile and the largest TP degree "
-                          "(default: min(num-devices, 4))", None),
+    (
+        "--profile-devices",
+        "ranks of the hardware profile and the largest TP degree (default: min(num-devices, 4))",
+        None,
+    ),
     ("--cache-dir", "profile cache (default: $EMBER_CACHE/planner)", None),
 )
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "plan", help="profile a model on this machine and search a hybrid-parallel plan",
+        "plan",
+        help="profile a model on this machine and search a hybrid-parallel plan",
         description="Galvatron-style search: profile (cached), decision-tree pruning, dynamic "
         "programming over layers under a per-device memory budget. Prints the plan with a "
         "table of alternatives and saves it for `ember train --plan`.",
-    )  # fmt: skip
+    )
     _add_common(parser)
     parser.add_argument("--out", default="plan.json", help="where to save the plan")
-    parser.add_argument("--analytic", action="store_true",
-                        help="price a synthetic 8-GPU-per-node cluster and FLOP-count model "
-                        "instead of measuring this machine")  # fmt: skip
+    parser.add_argument(
+        "--analytic",
+        action="store_true",
+        help="price a synthetic 8-GPU-per-node cluster and FLOP-count model instead of measuring this machine",
+    )
     parser.set_defaults(func=run_plan)
 
 
@@ -53,14 +58,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def add_bench_parser(kinds) -> None:
     """`ember bench plan` (registered by ``ember.bench.cli``)."""
     parser = kinds.add_parser(
-        "plan", help="searched plan vs pure DP/ZeRO-3/TP/PP under memory budgets, measured",
+        "plan",
+        help="searched plan vs pure DP/ZeRO-3/TP/PP under memory budgets, measured",
         description="For each budget (a fraction of the best pure-DP plan's predicted "
         "memory), search a plan and the best pure strategies, train each for a few steps "
         "on this machine, and report predicted vs measured step time and memory.",
-    )  # fmt: skip
+    )
     parser.add_argument("--num-devices", default="4", help="ranks (default 4)")
-    parser.add_argument("--budgets", default="1.0,0.6,0.4,0.3",
-                        help="memory budgets as fractions of pure DP's predicted peak")
+    parser.add_argument(
+        "--budgets", default="1.0,0.6,0.4,0.3", help="memory budgets as fractions of pure DP's predicted peak"
+    )
     parser.add_argument("--steps", default="6", help="training steps per plan (2 are warmup)")
     parser.add_argument("--rounds", default="2", help="passes over all plans (best kept)")
     parser.add_argument("--model", default="bench", help="bench (8 x 128) or small (4 x 64)")
@@ -82,24 +89,32 @@ def run_plan(args: argparse.Namespace) -> int:
             f"{space.num_devices} devices; raise --memory-budget or add devices"
         )
     rows = [plan_row(name, r, best.cost) for name, r in results.items()]
-    print(f"model {cost_model.model.name}: {cost_model.model.num_layers} layers, "
-          f"{space.num_devices} devices, budget "
-          f"{space.memory_budget_bytes / 2**20:.1f} MiB/device; searched in "
-          f"{best.seconds:.2f} s ({best.num_configs} configurations in full)")  # fmt: skip
+    print(
+        f"model {cost_model.model.name}: {cost_model.model.num_layers} layers, "
+        f"{space.num_devices} devices, budget "
+        f"{space.memory_budget_bytes / 2**20:.1f} MiB/device; searched in "
+        f"{best.seconds:.2f} s ({best.num_configs} configurations in full)"
+    )
     print(f"plan: {best.plan.describe()}")
-    print(f"predicted: {best.cost.iteration_s:.4g} s/step, {best.cost.samples_per_s:.4g} "
-          f"samples/s, peak {best.cost.peak_memory_bytes / 2**20:.2f} MiB/device\n")
-    print(markdown_table(rows, ["name", "plan", "step_s", "samples_per_s", "peak_mib",
-                                "vs_searched"]))  # fmt: skip
-    prediction = {"iteration_s": best.cost.iteration_s, "samples_per_s": best.cost.samples_per_s,
-                  "peak_memory_bytes": best.cost.peak_memory_bytes,
-                  "stage_memory_bytes": [s.memory_bytes for s in best.cost.stages]}  # fmt: skip
+    print(
+        f"predicted: {best.cost.iteration_s:.4g} s/step, {best.cost.samples_per_s:.4g} "
+        f"samples/s, peak {best.cost.peak_memory_bytes / 2**20:.2f} MiB/device\n"
+    )
+    print(markdown_table(rows, ["name", "plan", "step_s", "samples_per_s", "peak_mib", "vs_searched"]))
+    prediction = {
+        "iteration_s": best.cost.iteration_s,
+        "samples_per_s": best.cost.samples_per_s,
+        "peak_memory_bytes": best.cost.peak_memory_bytes,
+        "stage_memory_bytes": [s.memory_bytes for s in best.cost.stages],
+    }
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     best.plan.save(out, prediction=prediction, alternatives=rows)
-    print(f"\nsaved {out}; run it with: torchrun --nproc-per-node {space.num_devices} "
-          f"--master-addr 127.0.0.1 -m ember.train --recipe {args.recipe} --plan {out} "
-          "--out runs/planned")  # fmt: skip
+    print(
+        f"\nsaved {out}; run it with: torchrun --nproc-per-node {space.num_devices} "
+        f"--master-addr 127.0.0.1 -m ember.train --recipe {args.recipe} --plan {out} "
+        "--out runs/planned"
+    )
     return 0
 
 
@@ -121,28 +136,38 @@ def _problem(args: argparse.Namespace):
             recipe.train.batch_size * recipe.train.grad_accum,
         )
         space = SearchSpace(
-            num_devices=num_devices, memory_budget_bytes=budget, global_batch_sizes=gbs,
+            num_devices=num_devices,
+            memory_budget_bytes=budget,
+            global_batch_sizes=gbs,
             micro_batch_counts=parse_ints(args.micro_batches, "--micro-batches"),
             pp_degrees=parse_ints(args.pp_degrees, "--pp-degrees"),
             dp_types=tuple(v for v in args.dp_types.split(",") if v),
             schedules=tuple(v for v in args.schedules.split(",") if v),
-        )  # fmt: skip
+        )
         shape = recipe.model
         if getattr(args, "analytic", False):
             model = analytic_model(
-                name=recipe.name, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
-                intermediate_size=shape.intermediate_size, num_heads=shape.num_heads,
-                vocab_size=recipe.train.vocab_size, seq_len=seq_len,
-            )  # fmt: skip
+                name=recipe.name,
+                num_layers=shape.num_layers,
+                hidden_size=shape.hidden_size,
+                intermediate_size=shape.intermediate_size,
+                num_heads=shape.num_heads,
+                vocab_size=recipe.train.vocab_size,
+                seq_len=seq_len,
+            )
             return CostModel(model, cluster_hardware(max_devices=max(num_devices, 2))), space
         spec = ProfileSpec(
-            name=recipe.name, shape=shape, vocab_size=recipe.train.vocab_size,
-            seq_len=seq_len, max_devices=int(args.profile_devices or min(num_devices, 4)),
-        )  # fmt: skip
+            name=recipe.name,
+            shape=shape,
+            vocab_size=recipe.train.vocab_size,
+            seq_len=seq_len,
+            max_devices=int(args.profile_devices or min(num_devices, 4)),
+        )
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
-    model, hardware = profile(spec, cache_dir=_cache_dir(args.cache_dir),
-                              refresh=args.refresh_profile, progress=not args.no_progress)
+    model, hardware = profile(
+        spec, cache_dir=_cache_dir(args.cache_dir), refresh=args.refresh_profile, progress=not args.no_progress
+    )
     return CostModel(model, hardware), space
 
 
@@ -167,11 +192,15 @@ def run_bench_plan(args: argparse.Namespace) -> int:
     if steps < 3 or rounds < 1 or not budgets or min(budgets) <= 0:
         raise InvalidInputError("--steps must be >= 3, --rounds >= 1, --budgets positive")
     payload = run_plan_bench(
-        model=args.model, num_devices=num_devices, budget_fractions=budgets, steps=steps,
+        model=args.model,
+        num_devices=num_devices,
+        budget_fractions=budgets,
+        steps=steps,
         rounds=rounds,
-        out_dir=Path(args.out), refresh=args.refresh_profile, progress=not args.no_progress,
-    )  # fmt: skip
+        out_dir=Path(args.out),
+        refresh=args.refresh_profile,
+        progress=not args.no_progress,
+    )
     print(payload["markdown"])
     print(f"\nresults: {payload['json_path']}", file=sys.stderr)
     return 0
-

@@ -132,8 +132,13 @@ class CostModel:
         elif dp > 1:
             sync = hw.collective_s("all_reduce", dp, param_bytes)
             step_s += hw.overlapped_s(backward, sync) - backward
-        micro_s = (hw.overlapped_s(forward, zero_forward) + forward_comm + zero_measured
-                   + hw.overlapped_s(backward, zero_backward) + backward_comm)  # fmt: skip
+        micro_s = (
+            hw.overlapped_s(forward, zero_forward)
+            + forward_comm
+            + zero_measured
+            + hw.overlapped_s(backward, zero_backward)
+            + backward_comm
+        )
         local_params = params / dp if sharded else params
         step_s += self.model.optimizer_s_per_param * local_params * slow
 
@@ -219,29 +224,32 @@ class CostModel:
     def evaluate(self, plan: Plan) -> PlanCost:
         """Predicted step time and per-stage memory of ``plan`` (the oracle the search
         minimizes; tests compare the search against brute force over this function)."""
-        kw = dict(num_devices=plan.num_devices, micro_batch_size=plan.micro_batch_size,
-                  num_micro_batches=plan.num_micro_batches)  # fmt: skip
+        kw = dict(
+            num_devices=plan.num_devices,
+            micro_batch_size=plan.micro_batch_size,
+            num_micro_batches=plan.num_micro_batches,
+        )
         stages = []
         for k in range(plan.pp):
             fixed = self.stage_fixed(stage=k, pp=plan.pp, schedule=plan.schedule, **kw)
-            flight = in_flight(plan.schedule, stage=k, pp=plan.pp,
-                               num_micro_batches=plan.num_micro_batches)  # fmt: skip
+            flight = in_flight(plan.schedule, stage=k, pp=plan.pp, num_micro_batches=plan.num_micro_batches)
             micro, states, activation = fixed.micro_s, fixed.state_bytes, fixed.activation_bytes
             transient = fixed.transient_bytes
             prev_tp = 1
             for i in plan.stage_range(k):
                 s = plan.layers[i]
                 cost = self.layer_cost(s, devices_per_stage=plan.devices_per_stage, **kw)
-                micro += cost.micro_s + cost.step_s + self.transition_s(
-                    prev_tp, s.tp, samples_per_rank=plan.samples_per_rank
+                micro += (
+                    cost.micro_s
+                    + cost.step_s
+                    + self.transition_s(prev_tp, s.tp, samples_per_rank=plan.samples_per_rank)
                 )
                 states += cost.state_bytes
                 activation += cost.activation_bytes * flight
                 transient = max(transient, cost.transient_bytes)
                 prev_tp = s.tp
             micro += self.transition_s(prev_tp, 1, samples_per_rank=plan.samples_per_rank)
-            stages.append(StageCost(micro, states + activation + transient, states, activation,
-                                    transient))  # fmt: skip
+            stages.append(StageCost(micro, states + activation + transient, states, activation, transient))
         time_s = pipeline_time([s.micro_s for s in stages], plan.num_micro_batches)
         time_s += self.step_sync_s(plan.num_devices)
         return PlanCost(time_s, plan.global_batch_size / time_s, tuple(stages))

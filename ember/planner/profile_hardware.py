@@ -25,10 +25,15 @@ def measure_hardware(spec: dict) -> dict:
             links[kind][g] = [[n, _time_collective(kind, group, g, n, repeats)] for n in sizes]
         progress(f"collectives over groups of {g}")
         g *= 2
-    return {"world": world, "links": links, "overlap_slowdown": _overlap(repeats),
-            "compute_slowdown": _compute_slowdown(repeats),
-            "zero_overhead_s": _zero_overhead(spec), "ddp_overhead_s": _ddp_overhead(spec),
-            "pipeline_s_per_micro_batch": _pipeline_overhead(repeats)}  # fmt: skip
+    return {
+        "world": world,
+        "links": links,
+        "overlap_slowdown": _overlap(repeats),
+        "compute_slowdown": _compute_slowdown(repeats),
+        "zero_overhead_s": _zero_overhead(spec),
+        "ddp_overhead_s": _ddp_overhead(spec),
+        "pipeline_s_per_micro_batch": _pipeline_overhead(repeats),
+    }
 
 
 def _zero_overhead(spec: dict, depth: int = 4) -> dict[str, dict[int, float]]:
@@ -49,12 +54,10 @@ def _zero_overhead(spec: dict, depth: int = 4) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {"zero2": {}, "zero3": {}}
     g = 2
     while g <= world:
-        mesh = DeviceMesh("cpu", torch.arange(world).reshape(world // g, g),
-                          mesh_dim_names=("rep", "dp"))["dp"]  # fmt: skip
+        mesh = DeviceMesh("cpu", torch.arange(world).reshape(world // g, g), mesh_dim_names=("rep", "dp"))["dp"]
         steps = {}
         for kind in ("ddp", "zero2", "zero3"):
-            model = build_model(shape, vocab_size=int(spec["vocab_size"]), bos_token_id=0,
-                                eos_token_id=0, seed=0)  # fmt: skip
+            model = build_model(shape, vocab_size=int(spec["vocab_size"]), bos_token_id=0, eos_token_id=0, seed=0)
             layers = list(model.decoder_layers)
             for layer in layers if kind != "ddp" else ():
                 fully_shard(layer, mesh=mesh, reshard_after_forward=kind == "zero3")
@@ -74,8 +77,9 @@ def _zero_overhead(spec: dict, depth: int = 4) -> dict[str, dict[int, float]]:
         times = interleaved(steps, repeats)
         for kind in ("zero2", "zero3"):
             out[kind][g] = max(times[kind] - times["ddp"], 0.0) / depth
-        progress(f"FSDP2 overhead per layer over groups of {g}: "
-                  f"{ {k: round(v[g] * 1e3, 2) for k, v in out.items()} } ms")  # fmt: skip
+        progress(
+            f"FSDP2 overhead per layer over groups of {g}: { {k: round(v[g] * 1e3, 2) for k, v in out.items()} } ms"
+        )
         g *= 2
     return out
 
@@ -92,8 +96,7 @@ def _ddp_overhead(spec: dict, depth: int = 4) -> dict[int, float]:
     shape = ModelShape(**{**spec["shape"], "num_layers": depth})
     seq = int(spec["seq_len"])
     batch = min(max(int(b) for b in spec["batch_sizes"]), 4)
-    model = build_model(shape, vocab_size=int(spec["vocab_size"]), bos_token_id=0,
-                        eos_token_id=0, seed=0)  # fmt: skip
+    model = build_model(shape, vocab_size=int(spec["vocab_size"]), bos_token_id=0, eos_token_id=0, seed=0)
     layers = list(model.decoder_layers)
     cos, sin = model.model.rotary_emb(torch.arange(seq)[None], torch.float32)
     h = torch.randn(batch, seq, shape.hidden_size, requires_grad=True)
@@ -117,8 +120,7 @@ def _ddp_overhead(spec: dict, depth: int = 4) -> dict[int, float]:
         sync = GradSync()
         for layer in layers:
             sync.add_bucket(list(layer.parameters()), group[dist.get_rank() // g])
-        times = interleaved({"plain": lambda: step(None), "sync": lambda s=sync: step(s)},
-                             repeats)  # fmt: skip
+        times = interleaved({"plain": lambda: step(None), "sync": lambda s=sync: step(s)}, repeats)
         sync.detach()
         out[g] = max(times["sync"] - times["plain"], 0.0) / depth
         progress(f"DDP sync per layer over groups of {g}: {out[g] * 1e3:.2f} ms")
@@ -134,8 +136,9 @@ def _pipeline_overhead(repeats: int, num_micro_batches: int = 8) -> float:
 
     world, rank = dist.get_world_size(), dist.get_rank()
     stage = PipelineStage(nn.Linear(16, 16), rank, world, torch.device("cpu"))
-    schedule = Schedule1F1B(stage, n_microbatches=num_micro_batches, scale_grads=False,
-                            loss_fn=lambda out, target: out.sum())  # fmt: skip
+    schedule = Schedule1F1B(
+        stage, n_microbatches=num_micro_batches, scale_grads=False, loss_fn=lambda out, target: out.sum()
+    )
     x = torch.randn(num_micro_batches, 16)
 
     def run():
@@ -208,6 +211,5 @@ def _compute_slowdown(repeats: int) -> dict[int, float]:
     while k <= world:
         counts.append(k)
         k *= 2
-    times = interleaved({k: (lambda k=k: _busy() if rank < k else None) for k in counts},
-                         2 * repeats)  # fmt: skip
+    times = interleaved({k: (lambda k=k: _busy() if rank < k else None) for k in counts}, 2 * repeats)
     return {k: times[k] / times[1] for k in counts}

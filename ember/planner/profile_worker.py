@@ -10,6 +10,7 @@ of the job busy at once, as in training), compute/communication overlap, and how
 slows when k ranks compute at once. Every time is the median over repeats of the slowest
 rank. Rank 0 writes the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,16 @@ def measure_layer(spec: dict, depth: int = 2) -> dict:
         for layer in layers:
             tensor_parallelize_layer(layer, mesh)
     cos, sin = model.model.rotary_emb(torch.arange(seq)[None], torch.float32)
-    out = {"tp": tp, "num_params": num_params, "num_replicated_params": replicated,
-           "boundary_bytes_per_sample": seq * shape.hidden_size * 4,
-           "batch": [], "forward_s": [], "backward_s": [], "activation_bytes": []}  # fmt: skip
+    out = {
+        "tp": tp,
+        "num_params": num_params,
+        "num_replicated_params": replicated,
+        "boundary_bytes_per_sample": seq * shape.hidden_size * 4,
+        "batch": [],
+        "forward_s": [],
+        "backward_s": [],
+        "activation_bytes": [],
+    }
     for batch in spec["batch_sizes"]:
         h = torch.randn(batch, seq, shape.hidden_size, requires_grad=True)
         grad = torch.randn(batch, seq, shape.hidden_size)
@@ -70,8 +78,7 @@ def measure_layer(spec: dict, depth: int = 2) -> dict:
         out["forward_s"].append(fwd / depth)
         out["backward_s"].append(bwd / depth)
         out["activation_bytes"].append(int(slowest(saved)))
-        progress(f"layer tp={tp} batch={batch}: fwd {fwd / depth * 1e3:.2f} ms, "
-                  f"bwd {bwd / depth * 1e3:.2f} ms")  # fmt: skip
+        progress(f"layer tp={tp} batch={batch}: fwd {fwd / depth * 1e3:.2f} ms, bwd {bwd / depth * 1e3:.2f} ms")
     if tp == 1:
         out.update(_measure_ends(model, spec, repeats))
     return out
@@ -85,11 +92,17 @@ def _measure_ends(model, spec: dict, repeats: int) -> dict:
     hidden = model.config.hidden_size
     embed, norm = model.model.embed_tokens, model.model.norm
     head = embed.weight if model.lm_head is None else model.lm_head.weight
-    res = {"embed_params": embed.weight.numel(),
-           "head_params": norm.weight.numel() + (0 if model.lm_head is None else head.numel()),
-           "tied_embeddings": model.lm_head is None,
-           "ends_batch": [], "embed_forward_s": [], "embed_backward_s": [],
-           "head_forward_s": [], "head_backward_s": [], "head_activation_bytes": []}  # fmt: skip
+    res = {
+        "embed_params": embed.weight.numel(),
+        "head_params": norm.weight.numel() + (0 if model.lm_head is None else head.numel()),
+        "tied_embeddings": model.lm_head is None,
+        "ends_batch": [],
+        "embed_forward_s": [],
+        "embed_backward_s": [],
+        "head_forward_s": [],
+        "head_backward_s": [],
+        "head_activation_bytes": [],
+    }
     for batch in spec["batch_sizes"]:
         ids = torch.randint(0, vocab, (batch, seq))
         grad = torch.randn(batch, seq, hidden)
@@ -106,9 +119,14 @@ def _measure_ends(model, spec: dict, repeats: int) -> dict:
             loss = head_loss()
         saved = meter.live_bytes
         del loss
-        for key, value in (("ends_batch", batch), ("embed_forward_s", e_fwd),
-                           ("embed_backward_s", e_bwd), ("head_forward_s", h_fwd),
-                           ("head_backward_s", h_bwd), ("head_activation_bytes", saved)):
+        for key, value in (
+            ("ends_batch", batch),
+            ("embed_forward_s", e_fwd),
+            ("embed_backward_s", e_bwd),
+            ("head_forward_s", h_fwd),
+            ("head_backward_s", h_bwd),
+            ("head_activation_bytes", saved),
+        ):
             res[key].append(value)
         progress(f"embedding + head batch={batch}")
     params = [p for p in model.parameters()]

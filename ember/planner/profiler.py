@@ -62,8 +62,9 @@ class ProfileSpec:
 
     @property
     def tp_degrees(self) -> tuple[int, ...]:
-        limit = min(self.max_devices, tp_limit(self.shape.num_heads, self.shape.num_kv_heads,
-                                                self.shape.intermediate_size))  # fmt: skip
+        limit = min(
+            self.max_devices, tp_limit(self.shape.num_heads, self.shape.num_kv_heads, self.shape.intermediate_size)
+        )
         out, t = [], 1
         while t <= limit:
             out.append(t)
@@ -72,8 +73,7 @@ class ProfileSpec:
 
     def cache_key(self) -> str:
         data = dataclasses.asdict(self)
-        data["machine"] = [platform.node(), platform.machine(), torch.__version__,
-                           torch.get_num_threads()]  # fmt: skip
+        data["machine"] = [platform.node(), platform.machine(), torch.__version__, torch.get_num_threads()]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -95,30 +95,41 @@ def profile(
     raw: dict = {}
     with tempfile.TemporaryDirectory(prefix="ember-profile-") as tmp:
         spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps({
-            "shape": dataclasses.asdict(spec.shape), "vocab_size": spec.vocab_size,
-            "seq_len": spec.seq_len, "batch_sizes": list(spec.batch_sizes),
-            "message_bytes": list(spec.message_bytes), "repeats": spec.repeats,
-        }))  # fmt: skip
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "shape": dataclasses.asdict(spec.shape),
+                    "vocab_size": spec.vocab_size,
+                    "seq_len": spec.seq_len,
+                    "batch_sizes": list(spec.batch_sizes),
+                    "message_bytes": list(spec.message_bytes),
+                    "repeats": spec.repeats,
+                }
+            )
+        )
         for i, (task, ranks) in enumerate(jobs, 1):
             label = "collectives" if task == "hardware" else f"layer tp={ranks}"
             _say(progress, f"profile [{i}/{len(jobs)}] {label} on {ranks} rank(s) ...")
             start = time.perf_counter()
             out = Path(tmp) / f"{task}{ranks}.json"
-            launch_local(["ember.planner.profile_worker", "--task", task, "--spec",
-                          str(spec_file), "--out", str(out)], ranks, timeout_s=timeout_s)
+            launch_local(
+                ["ember.planner.profile_worker", "--task", task, "--spec", str(spec_file), "--out", str(out)],
+                ranks,
+                timeout_s=timeout_s,
+            )
             raw[(task, ranks)] = json.loads(out.read_text())
-            _say(progress, f"profile [{i}/{len(jobs)}] {label}: "
-                           f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+            _say(progress, f"profile [{i}/{len(jobs)}] {label}: {time.perf_counter() - start:.1f} s")
     hardware = hardware_from_measurements(spec.name, raw[("hardware", spec.max_devices)])
     measured = raw[("hardware", spec.max_devices)]
-    model = model_from_measurements(spec, {t: raw[("layer", t)] for t in spec.tp_degrees},
-                                    zero_overhead_s=measured.get("zero_overhead_s", {}),
-                                    ddp_overhead_s=measured.get("ddp_overhead_s", {}))
+    model = model_from_measurements(
+        spec,
+        {t: raw[("layer", t)] for t in spec.tp_degrees},
+        zero_overhead_s=measured.get("zero_overhead_s", {}),
+        ddp_overhead_s=measured.get("ddp_overhead_s", {}),
+    )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"model": model.to_dict(), "hardware": hardware.to_dict()},
-                                    indent=1) + "\n")  # fmt: skip
+        cache.write_text(json.dumps({"model": model.to_dict(), "hardware": hardware.to_dict()}, indent=1) + "\n")
         _say(progress, f"profile: saved {cache}")
     return model, hardware
 
@@ -149,17 +160,15 @@ def monotone_curve(xs, ys) -> Curve:
 
 
 def hardware_from_measurements(name: str, raw: dict) -> HardwareProfile:
-    links = {
-        kind: {int(g): fit_link(points) for g, points in table.items()}
-        for kind, table in raw["links"].items()
-    }
+    links = {kind: {int(g): fit_link(points) for g, points in table.items()} for kind, table in raw["links"].items()}
     return HardwareProfile(
-        name=f"{name}@{platform.node()}", links=links,
+        name=f"{name}@{platform.node()}",
+        links=links,
         overlap_slowdown=float(raw["overlap_slowdown"]),
         compute_slowdown={int(k): float(v) for k, v in raw["compute_slowdown"].items()},
         devices_per_node=int(raw["world"]),
         pipeline_s_per_micro_batch=raw.get("pipeline_s_per_micro_batch"),
-    )  # fmt: skip
+    )
 
 
 def model_from_measurements(
@@ -175,19 +184,28 @@ def model_from_measurements(
         return {t: monotone_curve(r["batch"], r[key]) for t, r in layers.items()}
 
     layer = LayerProfile(
-        num_params=base["num_params"], num_replicated_params=base["num_replicated_params"],
-        forward_s=curves("forward_s"), backward_s=curves("backward_s"),
+        num_params=base["num_params"],
+        num_replicated_params=base["num_replicated_params"],
+        forward_s=curves("forward_s"),
+        backward_s=curves("backward_s"),
         activation_bytes=curves("activation_bytes"),
-        boundary_bytes_per_sample=base["boundary_bytes_per_sample"], measured_with_tp=True,
-        zero_overhead_s={kind: {int(dp): float(v) for dp, v in table.items()}
-                         for kind, table in (zero_overhead_s or {}).items()},
+        boundary_bytes_per_sample=base["boundary_bytes_per_sample"],
+        measured_with_tp=True,
+        zero_overhead_s={
+            kind: {int(dp): float(v) for dp, v in table.items()} for kind, table in (zero_overhead_s or {}).items()
+        },
         ddp_overhead_s={int(dp): float(v) for dp, v in (ddp_overhead_s or {}).items()},
-    )  # fmt: skip
+    )
     xs = base["ends_batch"]
     return ModelProfile(
-        name=spec.name, seq_len=spec.seq_len, hidden_size=spec.shape.hidden_size,
-        vocab_size=spec.vocab_size, num_layers=spec.shape.num_layers, layer=layer,
-        embed_params=base["embed_params"], head_params=base["head_params"],
+        name=spec.name,
+        seq_len=spec.seq_len,
+        hidden_size=spec.shape.hidden_size,
+        vocab_size=spec.vocab_size,
+        num_layers=spec.shape.num_layers,
+        layer=layer,
+        embed_params=base["embed_params"],
+        head_params=base["head_params"],
         tied_embeddings=base["tied_embeddings"],
         embed_forward_s=monotone_curve(xs, base["embed_forward_s"]),
         embed_backward_s=monotone_curve(xs, base["embed_backward_s"]),
@@ -195,7 +213,7 @@ def model_from_measurements(
         head_backward_s=monotone_curve(xs, base["head_backward_s"]),
         head_activation_bytes=monotone_curve(xs, base["head_activation_bytes"]),
         optimizer_s_per_param=base["optimizer_s_per_param"],
-    )  # fmt: skip
+    )
 
 
 def _say(enabled: bool, message: str) -> None:

@@ -28,8 +28,7 @@ class Curve:
         object.__setattr__(self, "xs", tuple(float(x) for x in self.xs))
         object.__setattr__(self, "ys", tuple(float(y) for y in self.ys))
         if not self.xs or len(self.xs) != len(self.ys):
-            raise ValueError(f"xs ({len(self.xs)}) and ys ({len(self.ys)}) must be equal, "
-                             "non-empty lengths")  # fmt: skip
+            raise ValueError(f"xs ({len(self.xs)}) and ys ({len(self.ys)}) must be equal, non-empty lengths")
         if any(b <= a for a, b in zip(self.xs, self.xs[1:])):
             raise ValueError(f"xs={self.xs} must be strictly increasing")
 
@@ -123,15 +122,19 @@ class ModelProfile:
         layer = dict(data["layer"])
         for key in ("forward_s", "backward_s", "activation_bytes"):
             layer[key] = {int(tp): Curve(**c) for tp, c in layer[key].items()}
-        layer["ddp_overhead_s"] = {int(dp): float(v)
-                                   for dp, v in layer.get("ddp_overhead_s", {}).items()}
+        layer["ddp_overhead_s"] = {int(dp): float(v) for dp, v in layer.get("ddp_overhead_s", {}).items()}
         layer["zero_overhead_s"] = {
             kind: {int(dp): float(s) for dp, s in table.items()}
             for kind, table in layer.get("zero_overhead_s", {}).items()
         }
         data["layer"] = LayerProfile(**layer)
-        for key in ("embed_forward_s", "embed_backward_s", "head_forward_s", "head_backward_s",
-                    "head_activation_bytes"):  # fmt: skip
+        for key in (
+            "embed_forward_s",
+            "embed_backward_s",
+            "head_forward_s",
+            "head_backward_s",
+            "head_activation_bytes",
+        ):
             data[key] = Curve(**data[key])
         return cls(**data)
 
@@ -194,11 +197,9 @@ class HardwareProfile:
     def from_dict(cls, data: dict) -> HardwareProfile:
         data = dict(data)
         if data.get("version") != PROFILE_VERSION:
-            raise ValueError(f"hardware profile version {data.get('version')!r} != "
-                             f"{PROFILE_VERSION}")  # fmt: skip
+            raise ValueError(f"hardware profile version {data.get('version')!r} != {PROFILE_VERSION}")
         data["links"] = {
-            kind: {int(g): LinkCost(**c) for g, c in table.items()}
-            for kind, table in data["links"].items()
+            kind: {int(g): LinkCost(**c) for g, c in table.items()} for kind, table in data["links"].items()
         }
         data["compute_slowdown"] = {int(n): float(v) for n, v in data["compute_slowdown"].items()}
         return cls(**data)
@@ -238,11 +239,9 @@ def cluster_hardware(
         links["all_reduce"][g] = LinkCost(latency_s=latency, seconds_per_byte=2 * ring)
         links["all_gather"][g] = LinkCost(latency_s=latency, seconds_per_byte=ring)
         links["reduce_scatter"][g] = LinkCost(latency_s=latency, seconds_per_byte=ring)
-        links["p2p"][g] = LinkCost(latency_s=latency_s,
-                                   seconds_per_byte=1.0 / (inter_node_gbps * 1e9))
+        links["p2p"][g] = LinkCost(latency_s=latency_s, seconds_per_byte=1.0 / (inter_node_gbps * 1e9))
         g *= 2
-    return HardwareProfile(name=name, links=links, overlap_slowdown=overlap_slowdown,
-                           devices_per_node=devices_per_node)  # fmt: skip
+    return HardwareProfile(name=name, links=links, overlap_slowdown=overlap_slowdown, devices_per_node=devices_per_node)
 
 
 def analytic_model(
@@ -278,17 +277,26 @@ def analytic_model(
     backward = {tp: Curve(xs=c.xs, ys=tuple(2 * y for y in c.ys)) for tp, c in forward.items()}
     head_fwd = 2 * vocab_size * h * s / flops_per_s
     return ModelProfile(
-        name=name, seq_len=s, hidden_size=h, vocab_size=vocab_size, num_layers=num_layers,
+        name=name,
+        seq_len=s,
+        hidden_size=h,
+        vocab_size=vocab_size,
+        num_layers=num_layers,
         layer=LayerProfile(
-            num_params=params, num_replicated_params=replicated, forward_s=forward,
-            backward_s=backward, activation_bytes={tp: act(tp) for tp in tp_degrees},
+            num_params=params,
+            num_replicated_params=replicated,
+            forward_s=forward,
+            backward_s=backward,
+            activation_bytes={tp: act(tp) for tp in tp_degrees},
             boundary_bytes_per_sample=s * h * bytes_per_value,
         ),
-        embed_params=vocab_size * h, head_params=vocab_size * h + h, tied_embeddings=False,
+        embed_params=vocab_size * h,
+        head_params=vocab_size * h + h,
+        tied_embeddings=False,
         embed_forward_s=Curve.linear(s * h * bytes_per_value / 1e12, 10e-6),
         embed_backward_s=Curve.linear(2 * s * h * bytes_per_value / 1e12, 10e-6),
         head_forward_s=Curve.linear(head_fwd, 20e-6),
         head_backward_s=Curve.linear(2 * head_fwd, 20e-6),
         head_activation_bytes=Curve.linear(2 * s * vocab_size * 4),
         optimizer_s_per_param=16 / 1e12,
-    )  # fmt: skip
+    )

@@ -10,8 +10,17 @@ MIB = 2**20
 
 def parse_bytes(text: str) -> float:
     """``"64MiB"``, ``"1.5GB"``, ``"4096"`` -> bytes; raises ValueError."""
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6,
-             "gb": 1e9, "tb": 1e12, "b": 1}  # fmt: skip
+    units = {
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+        "kb": 1e3,
+        "mb": 1e6,
+        "gb": 1e9,
+        "tb": 1e12,
+        "b": 1,
+    }
     lowered = text.strip().lower()
     for suffix, scale in units.items():
         if lowered.endswith(suffix):
@@ -35,8 +44,7 @@ def alternatives(cost_model: CostModel, space: SearchSpace) -> dict[str, SearchR
     """The searched plan, the best plan of each pipeline degree, and the pure strategies."""
     out = {"searched": search(cost_model, space)}
     n = space.num_devices
-    pps = space.pp_degrees or tuple(p for p in (1, 2, 4, 8, 16, 32, 64)
-                                    if p <= min(n, cost_model.model.num_layers))  # fmt: skip
+    pps = space.pp_degrees or tuple(p for p in (1, 2, 4, 8, 16, 32, 64) if p <= min(n, cost_model.model.num_layers))
     for pp in pps:
         if n % pp == 0:
             out[f"best pp={pp}"] = search(cost_model, space, pp_degrees=(pp,))
@@ -47,8 +55,14 @@ def alternatives(cost_model: CostModel, space: SearchSpace) -> dict[str, SearchR
 
 def plan_row(name: str, result: SearchResult, best: PlanCost | None) -> dict:
     if result.plan is None:
-        return {"name": name, "plan": "does not fit", "step_s": None, "samples_per_s": None,
-                "peak_mib": None, "vs_searched": None}  # fmt: skip
+        return {
+            "name": name,
+            "plan": "does not fit",
+            "step_s": None,
+            "samples_per_s": None,
+            "peak_mib": None,
+            "vs_searched": None,
+        }
     cost = result.cost
     return {
         "name": name,

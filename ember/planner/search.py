@@ -65,11 +65,9 @@ class SearchSpace:
         if not self.memory_budget_bytes > 0:
             raise ValueError(f"memory_budget_bytes={self.memory_budget_bytes} must be positive")
         if not self.global_batch_sizes or any(
-            isinstance(g, bool) or not isinstance(g, int) or g < 1
-            for g in self.global_batch_sizes
+            isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in self.global_batch_sizes
         ):
-            raise ValueError(f"global_batch_sizes={self.global_batch_sizes} must be positive "
-                             "integers")  # fmt: skip
+            raise ValueError(f"global_batch_sizes={self.global_batch_sizes} must be positive integers")
         for name, allowed in (("dp_types", DP_TYPES), ("schedules", SCHEDULES)):
             values = getattr(self, name)
             if not values or any(v not in allowed for v in values):
@@ -126,8 +124,9 @@ def search(
         n = space.num_devices // pp
         cands = strategies
         if cands is None:
-            cands = candidate_strategies(space, devices_per_stage=n, tp_degrees=tps,
-                                         node_size=cost_model.hw.devices_per_node)  # fmt: skip
+            cands = candidate_strategies(
+                space, devices_per_stage=n, tp_degrees=tps, node_size=cost_model.hw.devices_per_node
+            )
         cands = [s for s in cands if n % s.tp == 0 and s.tp in model.layer.forward_s]
         if not cands:
             continue
@@ -173,8 +172,7 @@ def search_pure(cost_model: CostModel, space: SearchSpace) -> dict[str, SearchRe
     }
     out = {}
     for name, (pp, strategies) in families.items():
-        results = [search(cost_model, space, strategies=[s], pp_degrees=(pp,))
-                   for s in strategies]  # fmt: skip
+        results = [search(cost_model, space, strategies=[s], pp_degrees=(pp,)) for s in strategies]
         found = [r for r in results if r.plan is not None]
         configs = sum(r.num_configs for r in results)
         seconds = sum(r.seconds for r in results)
@@ -205,8 +203,7 @@ class _Config:
         self.trans = np.array([[move(a, b) for b in self.tps] for a in self.tps])
         self.enter = np.array([move(1, b) for b in self.tps])
         self.leave = np.array([move(a, 1) for a in self.tps])
-        self.fixed = [cost_model.stage_fixed(stage=k, pp=pp, schedule=schedule, **kw)
-                      for k in range(pp)]  # fmt: skip
+        self.fixed = [cost_model.stage_fixed(stage=k, pp=pp, schedule=schedule, **kw) for k in range(pp)]
         self.max_len = self.num_layers - pp + 1
         self.sync_s = cost_model.step_sync_s(space.num_devices)
 
@@ -229,9 +226,18 @@ class _Config:
                 mem = np.array([c.state_bytes + c.activation_bytes * flight for c in self.costs])
                 transient = np.array([c.transient_bytes for c in self.costs])
                 budget = space.memory_budget_bytes - self.fixed[k].memory_bytes
-                tables[key] = _stage_table(self.time_s, mem, transient, self.tps, self.trans,
-                                           self.enter, self.leave, budget=budget,
-                                           unit=space.memory_unit, max_len=self.max_len)
+                tables[key] = _stage_table(
+                    self.time_s,
+                    mem,
+                    transient,
+                    self.tps,
+                    self.trans,
+                    self.enter,
+                    self.leave,
+                    budget=budget,
+                    unit=space.memory_unit,
+                    max_len=self.max_len,
+                )
             row, choices = tables[key]
             stage_rows.append(row + self.fixed[k].micro_s)
             stage_choices.append(choices)
@@ -243,9 +249,15 @@ class _Config:
         layers = []
         for k, count in enumerate(counts):
             layers.extend(self.cands[i] for i in stage_choices[k][count])
-        plan = Plan(num_devices=space.num_devices, pp=pp, stage_layers=tuple(counts),
-                    layers=tuple(layers), global_batch_size=self.gbs, num_micro_batches=m,
-                    schedule=self.schedule)  # fmt: skip
+        plan = Plan(
+            num_devices=space.num_devices,
+            pp=pp,
+            stage_layers=tuple(counts),
+            layers=tuple(layers),
+            global_batch_size=self.gbs,
+            num_micro_batches=m,
+            schedule=self.schedule,
+        )
         return time_s, plan
 
 
@@ -288,7 +300,7 @@ def _stage_table(time_s, mem, transient, tps, trans, enter, leave, *, budget, un
     f = np.full((num_caps, top + 1, num), INF)
     for s in range(num):
         if need[s] <= top:
-            f[:, need[s]:, s] = np.where(allowed[:, s], c[s] + enter_k[s], INF)[:, None]
+            f[:, need[s] :, s] = np.where(allowed[:, s], c[s] + enter_k[s], INF)[:, None]
     history = [f]
     rows = np.arange(num_caps)
     for length in range(1, max_len + 1):
@@ -298,7 +310,7 @@ def _stage_table(time_s, mem, transient, tps, trans, enter, leave, *, budget, un
             f = np.full_like(f, INF)
             for s in range(num):
                 if need[s] <= top:
-                    f[:, need[s]:, s] = h[:, : top + 1 - need[s], s] + c[s]
+                    f[:, need[s] :, s] = h[:, : top + 1 - need[s], s] + c[s]
             f[~np.broadcast_to(allowed[:, None, :], f.shape)] = INF
             history.append(f)
         ends = f[rows, ends_at, :] + leave_k[None, :]  # [cap, s]
@@ -307,7 +319,7 @@ def _stage_table(time_s, mem, transient, tps, trans, enter, leave, *, budget, un
             continue
         best[length] = ends[cap, s]
         seq, e = [int(s)], int(ends_at[cap])
-        for prev in reversed(history[:length - 1]):
+        for prev in reversed(history[: length - 1]):
             e -= need[s]
             s = int(np.argmin(prev[cap, e, :] + tp_trans[:, group_of[s]][group_of]))
             seq.append(s)
@@ -322,8 +334,7 @@ def _undominated(idx, time_s, mem, transient, tps):
         for j in idx:
             if j == i or tps[j] != tps[i]:
                 continue
-            no_worse = (time_s[j] <= time_s[i] and mem[j] <= mem[i]
-                        and transient[j] <= transient[i])  # fmt: skip
+            no_worse = time_s[j] <= time_s[i] and mem[j] <= mem[i] and transient[j] <= transient[i]
             better = (time_s[j], mem[j], transient[j]) != (time_s[i], mem[i], transient[i])
             if no_worse and (better or j < i):
                 dominated = True

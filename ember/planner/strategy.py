@@ -91,16 +91,13 @@ class Plan:
         object.__setattr__(self, "stage_layers", tuple(self.stage_layers))
         object.__setattr__(self, "layers", tuple(self.layers))
         if self.version != PLAN_VERSION:
-            raise ValueError(f"version={self.version!r}: this Ember reads plan version "
-                             f"{PLAN_VERSION}")  # fmt: skip
+            raise ValueError(f"version={self.version!r}: this Ember reads plan version {PLAN_VERSION}")
         for name in ("num_devices", "pp", "global_batch_size", "num_micro_batches"):
             _check_int(name, getattr(self, name))
         if self.num_devices % self.pp:
             raise ValueError(f"pp={self.pp} must divide num_devices={self.num_devices}")
         if len(self.stage_layers) != self.pp:
-            raise ValueError(
-                f"stage_layers={list(self.stage_layers)} must have pp={self.pp} entries"
-            )
+            raise ValueError(f"stage_layers={list(self.stage_layers)} must have pp={self.pp} entries")
         for count in self.stage_layers:
             _check_int("stage_layers[...]", count)
         if sum(self.stage_layers) != len(self.layers):
@@ -112,10 +109,7 @@ class Plan:
             if not isinstance(layer, LayerStrategy):
                 raise ValueError(f"layers[{i}]={layer!r} is not a LayerStrategy")
             if self.devices_per_stage % layer.tp:
-                raise ValueError(
-                    f"layers[{i}].tp={layer.tp} must divide devices_per_stage="
-                    f"{self.devices_per_stage}"
-                )
+                raise ValueError(f"layers[{i}].tp={layer.tp} must divide devices_per_stage={self.devices_per_stage}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
         per_step = self.num_micro_batches * self.devices_per_stage
@@ -163,10 +157,7 @@ class Plan:
             raise ValueError(f"plan has {self.num_layers} layers; the model has {num_layers}")
         for i, layer in enumerate(self.layers):
             if tp_limit % layer.tp:
-                raise ValueError(
-                    f"layers[{i}].tp={layer.tp}: the model's heads allow TP degrees dividing "
-                    f"{tp_limit}"
-                )
+                raise ValueError(f"layers[{i}].tp={layer.tp}: the model's heads allow TP degrees dividing {tp_limit}")
 
     def describe(self) -> str:
         """One line: ``pp2 [4+4] gbs16 mb4 1f1b: tp2.dp2 x3, tp1.dp4.zero3 x5``."""
@@ -179,8 +170,7 @@ class Plan:
                 runs.append([label, 1])
         split = "+".join(map(str, self.stage_layers))
         body = ", ".join(f"{label} x{n}" for label, n in runs)
-        return (f"pp{self.pp} [{split}] gbs{self.global_batch_size} "
-                f"mb{self.num_micro_batches} {self.schedule}: {body}")  # fmt: skip
+        return f"pp{self.pp} [{split}] gbs{self.global_batch_size} mb{self.num_micro_batches} {self.schedule}: {body}"
 
     # ---- JSON
     def to_dict(self) -> dict:
@@ -194,8 +184,16 @@ class Plan:
         """Parse a plan; raises ValueError naming the bad or missing field."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise ValueError(f"format must be {PLAN_FORMAT!r}")
-        known = {"num_devices", "pp", "stage_layers", "layers", "global_batch_size",
-                 "num_micro_batches", "schedule", "version"}  # fmt: skip
+        known = {
+            "num_devices",
+            "pp",
+            "stage_layers",
+            "layers",
+            "global_batch_size",
+            "num_micro_batches",
+            "schedule",
+            "version",
+        }
         missing = sorted(known - {"schedule"} - set(data))
         if missing:
             raise ValueError(f"plan is missing field(s) {missing}")
@@ -246,7 +244,11 @@ def uniform_plan(
     base, extra = divmod(num_layers, pp)
     split = tuple(base + (1 if s < extra else 0) for s in range(pp))
     return Plan(
-        num_devices=num_devices, pp=pp, stage_layers=split, layers=(strategy,) * num_layers,
-        global_batch_size=global_batch_size, num_micro_batches=num_micro_batches,
+        num_devices=num_devices,
+        pp=pp,
+        stage_layers=split,
+        layers=(strategy,) * num_layers,
+        global_batch_size=global_batch_size,
+        num_micro_batches=num_micro_batches,
         schedule=schedule,
-    )  # fmt: skip
+    )

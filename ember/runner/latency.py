@@ -86,7 +86,14 @@ def profile_latency(
 
 def profile_key(model_path: str, dtype: torch.dtype, device: torch.device, block_size: int) -> str:
     ident = json.dumps(
-        [str(Path(model_path).resolve()), str(dtype), str(device), torch.get_num_threads(), block_size, torch.__version__]
+        [
+            str(Path(model_path).resolve()),
+            str(dtype),
+            str(device),
+            torch.get_num_threads(),
+            block_size,
+            torch.__version__,
+        ]
     )
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -108,7 +115,9 @@ def load_latency_model(
     from ember.zoo import cache_dir
 
     if choice == "analytic" or (choice == "auto" and not runner.can_profile):
-        return LatencyModel.analytic(num_params=runner.num_params, hidden_size=arch.hidden_size, num_layers=arch.num_layers)
+        return LatencyModel.analytic(
+            num_params=runner.num_params, hidden_size=arch.hidden_size, num_layers=arch.num_layers
+        )
     if choice != "auto":
         try:
             return LatencyModel.load(Path(choice))

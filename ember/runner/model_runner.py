@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from ember.attention import allocate_kv_cache
-from ember.core.batch import Batch, RunnerOutput
-from ember.models.config import ModelArchConfig
 from ember.attention.kv_cache import apply_kv_copies
 from ember.attention.step_inputs import build_step_inputs
+from ember.core.batch import Batch, RunnerOutput
+from ember.models.config import ModelArchConfig
 
 
 def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -78,7 +78,9 @@ class ModelRunner:
         return RunnerOutput(
             sample_ids=[r.request_id for r in sample],
             logits=self.model.compute_logits(hidden[[r.start for r in sample]]).float(),
-            prompt_logits={r.request_id: (r.first_position, logits(r.start, r.end)) for r in inputs.rows if r.kind == "prompt"},
+            prompt_logits={
+                r.request_id: (r.first_position, logits(r.start, r.end)) for r in inputs.rows if r.kind == "prompt"
+            },
             tree_logits={r.request_id: logits(r.start, r.end) for r in inputs.rows if r.kind == "tree"},
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import Request, Response
 
@@ -51,9 +51,7 @@ def _usage(admitted: Admitted, num_completion_tokens: int, num_cached: int) -> U
     )
 
 
-async def create_chat_completion(
-    ctx: ServingContext, request: ChatCompletionRequest, raw: Request
-) -> Response:
+async def create_chat_completion(ctx: ServingContext, request: ChatCompletionRequest, raw: Request) -> Response:
     model = ctx.check_model(request.model)
     _check_supported(request)
     text = ctx.render_chat(request.messages, add_generation_prompt=request.add_generation_prompt)
@@ -73,9 +71,7 @@ async def create_chat_completion(
     (admitted,) = await ctx.admit([prompt], [params])
     response_id = request_id("chatcmpl")
     if request.stream:
-        return EventStreamResponse(
-            _stream(ctx, request, model, response_id, admitted), on_close=admitted.close
-        )
+        return EventStreamResponse(_stream(ctx, request, model, response_id, admitted), on_close=admitted.close)
 
     try:
         finished, output = await unless_disconnected(raw, final_output(admitted.stream, admitted.observe))
@@ -115,9 +111,7 @@ async def _stream(
 
     def chunk(choice: ChatStreamChoice) -> str:
         return sse(
-            ChatCompletionChunk(
-                id=response_id, created=created, model=model, choices=[choice]
-            ).model_dump_json()
+            ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]).model_dump_json()
         )
 
     cursors = [ChoiceCursor(admitted.params.stop) for _ in range(request.n)]

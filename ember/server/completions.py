@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import Request, Response
 
@@ -115,9 +115,7 @@ async def create_completion(ctx: ServingContext, request: CompletionRequest, raw
                 )
             )
     cached = sum(o.num_cached_tokens for o in outputs)
-    body = CompletionResponse(
-        id=response_id, model=model, choices=choices, usage=_usage(admitted, num_tokens, cached)
-    )
+    body = CompletionResponse(id=response_id, model=model, choices=choices, usage=_usage(admitted, num_tokens, cached))
     return Response(body.model_dump_json(), media_type="application/json")
 
 
@@ -162,9 +160,7 @@ async def _stream(
         num_tokens = sum(c.num_tokens for c in cursors.values())
         usage = _usage(admitted, num_tokens, sum(num_cached.values()))
         yield sse(
-            CompletionResponse(
-                id=response_id, created=created, model=model, choices=[], usage=usage
-            ).model_dump_json()
+            CompletionResponse(id=response_id, created=created, model=model, choices=[], usage=usage).model_dump_json()
         )
     yield DONE
 
@@ -173,6 +169,4 @@ def _chunk(response_id, created, model, index, text, logprobs, finish_reason, st
     choice = CompletionChoice(
         index=index, text=text, logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason
     )
-    return CompletionResponse(
-        id=response_id, created=created, model=model, choices=[choice]
-    ).model_dump_json()
+    return CompletionResponse(id=response_id, created=created, model=model, choices=[choice]).model_dump_json()

@@ -16,18 +16,14 @@ def _require(condition: bool, name: str, value, rule: str) -> None:
 class ServerConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=8000, metadata={"help": "port to bind; 0 picks a free one (logged)"})
-    api_key: str | None = field(
-        default=None, metadata={"help": "require 'Authorization: Bearer KEY' on the API"}
-    )
+    api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on the API"})
     served_model_names: tuple[str, ...] = field(
         default=(), metadata={"help": "names clients use for the model (default: --model)"}
     )
     max_waiting_requests: int | None = field(
         default=1024, metadata={"help": "queued requests beyond which new ones get 503"}
     )
-    max_request_body_bytes: int = field(
-        default=16 * 2**20, metadata={"help": "larger request bodies get 413"}
-    )
+    max_request_body_bytes: int = field(default=16 * 2**20, metadata={"help": "larger request bodies get 413"})
     shutdown_timeout: float = field(
         default=10.0, metadata={"help": "seconds SIGTERM waits for in-flight requests before aborting them"}
     )

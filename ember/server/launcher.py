@@ -102,9 +102,7 @@ class ServerProcess:
             if match:
                 return match.group(1)
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"ember serve exited with {self.process.returncode}:\n{self.log()[-4000:]}"
-                )
+                raise RuntimeError(f"ember serve exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             time.sleep(0.1)
         raise TimeoutError(f"ember serve did not start in {self.startup_timeout} s:\n{self.log()[-4000:]}")
 
@@ -117,7 +115,5 @@ class ServerProcess:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{self.url}/health never answered 200:\n{self.log()[-4000:]}"
-                    ) from None
+                    raise TimeoutError(f"{self.url}/health never answered 200:\n{self.log()[-4000:]}") from None
             time.sleep(0.1)

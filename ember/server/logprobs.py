@@ -46,8 +46,6 @@ class TokenStrings:
                 for t, lp in entry.top_logprobs
             ]
             content.append(
-                ChatTokenLogprob(
-                    token=token, logprob=entry.logprob, bytes=list(token.encode()), top_logprobs=top
-                )
+                ChatTokenLogprob(token=token, logprob=entry.logprob, bytes=list(token.encode()), top_logprobs=top)
             )
         return ChatLogprobs(content=content)

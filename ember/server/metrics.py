@@ -126,9 +126,11 @@ class ServerMetrics:
             )
         }
         self.spec_by_depth = Gauge(
-            "ember:spec_decode_acceptance_by_depth", "Fraction of trees accepting at least d tokens",
-            ["depth"], registry=r,
-        )  # fmt: skip
+            "ember:spec_decode_acceptance_by_depth",
+            "Fraction of trees accepting at least d tokens",
+            ["depth"],
+            registry=r,
+        )
         info = Gauge("ember:model_info", "The served model", ["model_name"], registry=r)
         info.labels(model_name=model_name).set(1)
 
@@ -143,9 +145,14 @@ class ServerMetrics:
         self.preemptions.set(stats.num_preemptions)
         if stats.speculation is not None:
             spec = stats.speculation
-            values = {"num_drafts": spec["num_trees"], "num_draft_tokens": spec["num_draft_tokens"],
-                      "num_accepted_tokens": spec["num_accepted_tokens"], "mean_accepted": spec["mean_accepted"],
-                      "draft_seconds": spec["draft_s"], "verify_seconds": spec["verify_s"]}  # fmt: skip
+            values = {
+                "num_drafts": spec["num_trees"],
+                "num_draft_tokens": spec["num_draft_tokens"],
+                "num_accepted_tokens": spec["num_accepted_tokens"],
+                "mean_accepted": spec["mean_accepted"],
+                "draft_seconds": spec["draft_s"],
+                "verify_seconds": spec["verify_s"],
+            }
             for key, value in values.items():
                 self.spec[key].set(value)
             for depth, fraction in enumerate(spec["acceptance_by_depth"], start=1):

@@ -65,11 +65,7 @@ class APIKeyCheck:
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
-            message = (
-                "Incorrect API key provided."
-                if given
-                else "Missing API key: send 'Authorization: Bearer KEY'."
-            )
+            message = "Incorrect API key provided." if given else "Missing API key: send 'Authorization: Bearer KEY'."
             return await send_error(
                 send, 401, message, code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")]
             )
@@ -111,6 +107,4 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send) -> None:
-        await send_error(
-            send, 413, f"request body is larger than {self.max_bytes} bytes", code="request_too_large"
-        )
+        await send_error(send, 413, f"request body is larger than {self.max_bytes} bytes", code="request_too_large")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Union
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -97,19 +96,14 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig, *, model: str) -> Fa
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(ctx, body, request)
 
-    @app.post(
-        "/v1/chat/completions", response_model=ChatCompletionResponse, responses={200: {"content": _STREAM}}
-    )
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={200: {"content": _STREAM}})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await create_chat_completion(ctx, body, request)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
         return ModelList(
-            data=[
-                ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len)
-                for name in ctx.model_names
-            ]
+            data=[ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len) for name in ctx.model_names]
         )
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
@@ -127,12 +121,10 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig, *, model: str) -> Fa
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
-        return Response(
-            ctx.metrics.render(engine.stats), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        return Response(ctx.metrics.render(engine.stats), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/tokenize", response_model=TokenizeResponse)
-    async def tokenize(body: Union[TokenizeCompletionRequest, TokenizeChatRequest]) -> TokenizeResponse:
+    async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
         ctx.check_model(body.model)
         if isinstance(body, TokenizeChatRequest):
             text = ctx.render_chat(body.messages, add_generation_prompt=body.add_generation_prompt)

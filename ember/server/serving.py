@@ -46,9 +46,7 @@ class Admitted:
 
 
 class ServingContext:
-    def __init__(
-        self, engine: AsyncLLMEngine, config: ServerConfig, metrics: ServerMetrics, model: str
-    ) -> None:
+    def __init__(self, engine: AsyncLLMEngine, config: ServerConfig, metrics: ServerMetrics, model: str) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics
@@ -96,9 +94,7 @@ class ServingContext:
     def check_token_ids(self, token_ids: list[int], param: str) -> list[int]:
         bad = next((t for t in token_ids if t >= self.vocab_size), None)
         if bad is not None:
-            raise APIError(
-                400, f"token id {bad} is outside the vocabulary [0, {self.vocab_size})", param=param
-            )
+            raise APIError(400, f"token id {bad} is outside the vocabulary [0, {self.vocab_size})", param=param)
         return token_ids
 
     # -------------------------------------------------------------------- params

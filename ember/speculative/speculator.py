@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ember.config import SpeculativeConfig
 from ember.core.batch import ScheduledRequest, SerializedTree
 from ember.core.request import Request
 from ember.core.sampling import SamplingState
-from ember.config import SpeculativeConfig
 from ember.runner.base import Runner
 from ember.speculative.draft import DraftModelProposer
 from ember.speculative.proposers import BaseProposer, DraftRequest, NgramConfig, NgramProposer
@@ -177,8 +177,9 @@ def build_speculator(
     runners = iter(draft_runners)
     for i, name in enumerate(config.models):
         if name == "ngram":
-            ngram = NgramConfig(max_n=config.ngram_max_n, num_tokens=config.ngram_num_tokens,
-                                num_branches=config.ngram_branches)
+            ngram = NgramConfig(
+                max_n=config.ngram_max_n, num_tokens=config.ngram_num_tokens, num_branches=config.ngram_branches
+            )
             proposers.append(NgramProposer(ngram, proposer_id=i))
             depth = max(depth, ngram.num_tokens)
             continue

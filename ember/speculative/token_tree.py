@@ -29,7 +29,6 @@ a soft q for a deterministic top-k pick breaks it (tests show the output is then
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -59,9 +58,7 @@ class TokenTree:
         self._children: list[dict[int, int]] = [{}]  # per node: token id -> child node
 
     @classmethod
-    def from_paths(
-        cls, root_token_id: int, paths: Iterable[Sequence[int]], *, proposer: int = 0
-    ) -> TokenTree:
+    def from_paths(cls, root_token_id: int, paths: Iterable[Sequence[int]], *, proposer: int = 0) -> TokenTree:
         """A tree of deterministic picks: every path (root excluded) becomes a branch."""
         tree = cls(root_token_id)
         for path in paths:
@@ -85,9 +82,7 @@ class TokenTree:
         """Most draws at any one node."""
         return max(len(d) for d in self.draws)
 
-    def add_child(
-        self, parent: int, token_id: int, *, proposer: int = 0, probs: torch.Tensor | None = None
-    ) -> int:
+    def add_child(self, parent: int, token_id: int, *, proposer: int = 0, probs: torch.Tensor | None = None) -> int:
         """Record a proposal of ``token_id`` after ``parent``; returns the child's node index
         (an existing node when the token is already a child: paths merge).
 
@@ -108,9 +103,7 @@ class TokenTree:
             self.proposer_ids.append(set())
             self._children.append({})
             self._children[parent][token_id] = child
-        is_repeat_pick = probs is None and any(
-            d.probs is None and d.token_id == token_id for d in self.draws[parent]
-        )
+        is_repeat_pick = probs is None and any(d.probs is None and d.token_id == token_id for d in self.draws[parent])
         if not is_repeat_pick:
             self.draws[parent].append(Draw(child, token_id, proposer, probs))
         self.proposer_ids[child].add(proposer)
@@ -193,9 +186,7 @@ def merge_trees(trees: Sequence[TokenTree]) -> TokenTree:
         # NOTE: node order is topological, so a node is mapped before its draws are replayed.
         for node in range(tree.num_nodes):
             for d in tree.draws[node]:
-                node_map[d.child] = merged.add_child(
-                    node_map[node], d.token_id, proposer=d.proposer, probs=d.probs
-                )
+                node_map[d.child] = merged.add_child(node_map[node], d.token_id, proposer=d.proposer, probs=d.probs)
     return merged
 
 

@@ -180,18 +180,14 @@ def verify_stochastic(
         uniforms[b, : shape[0], : shape[1]] = torch.rand(shape, generator=generator, device=device)
         noise[b] = torch.empty(vocab_size, device=device).exponential_(generator=generator)
     offsets = torch.tensor(_row_offsets(trees), device=device)
-    path, num_accepted, bonus = speculative_sample_tree(
-        target_probs, offsets, draws, uniforms, noise
-    )
+    path, num_accepted, bonus = speculative_sample_tree(target_probs, offsets, draws, uniforms, noise)
     results = []
     for tree, nodes, n, token in zip(trees, path.tolist(), num_accepted.tolist(), bonus.tolist()):
         results.append(Verified(nodes[:n], [tree.token_ids[u] for u in nodes[:n]] + [token]))
     return results
 
 
-def verify_greedy(
-    trees: Sequence[TokenTree], target_ids: torch.Tensor | Sequence[int]
-) -> list[Verified]:
+def verify_greedy(trees: Sequence[TokenTree], target_ids: torch.Tensor | Sequence[int]) -> list[Verified]:
     """``target_ids`` ``[N]``: the target's argmax at every node (``tree_target_ids``), trees
     concatenated in order."""
     # u = root; while a child of u carries target(u): accept it, u := that child.
@@ -203,9 +199,7 @@ def verify_greedy(
         while (child := tree.child(node, ids[offset + node])) is not None:
             accepted.append(child)
             node = child
-        results.append(
-            Verified(accepted, [tree.token_ids[u] for u in accepted] + [ids[offset + node]])
-        )
+        results.append(Verified(accepted, [tree.token_ids[u] for u in accepted] + [ids[offset + node]]))
     return results
 
 
@@ -225,17 +219,13 @@ def tree_target_probs(
     return probs
 
 
-def tree_target_ids(
-    logits: torch.Tensor, trees: Sequence[TokenTree], states: Sequence[SamplingState]
-) -> torch.Tensor:
+def tree_target_ids(logits: torch.Tensor, trees: Sequence[TokenTree], states: Sequence[SamplingState]) -> torch.Tensor:
     """``logits`` ``[N, V]`` for every node -> ``[N]`` greedy argmax after each node's
     penalties and min_tokens mask (as ``Sampler`` does for greedy rows)."""
     return penalize(logits.float(), _node_states(trees, states)).argmax(dim=-1)
 
 
-def _node_states(
-    trees: Sequence[TokenTree], states: Sequence[SamplingState]
-) -> list[SamplingState]:
+def _node_states(trees: Sequence[TokenTree], states: Sequence[SamplingState]) -> list[SamplingState]:
     # NOTE: node u predicts the token after its path, so the path below the root (the root is
     # the request's last token, already in its output or prompt) counts as generated output.
     node_states: list[SamplingState] = []

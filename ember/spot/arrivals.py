@@ -48,11 +48,14 @@ def load_arrivals(path: str | Path) -> list[Arrival]:
         try:
             if len(parts) < 3:
                 raise ValueError("too few fields")
-            out.append(Arrival(request_id=int(float(parts[0])), time_s=float(parts[1]), prompt_len=int(float(parts[2]))))
+            out.append(
+                Arrival(request_id=int(float(parts[0])), time_s=float(parts[1]), prompt_len=int(float(parts[2])))
+            )
         except ValueError as exc:
             raise InvalidInputError(
                 f"{path}:{lineno}: expected 'query_id,arrival_seconds,seq_len,byte_offset' ({exc}): {line!r}",
-                param="arrivals") from None
+                param="arrivals",
+            ) from None
     return sorted(out, key=lambda a: (a.time_s, a.request_id))
 
 
@@ -63,8 +66,10 @@ def _from_gaps(gaps: np.ndarray, prompt_len: int) -> list[Arrival]:
 
 def _check(rate: float, duration_s: float, prompt_len: int) -> int:
     if rate <= 0 or duration_s <= 0 or prompt_len <= 0:
-        raise InvalidInputError(f"arrivals: rate ({rate}), duration ({duration_s}) and prompt_len ({prompt_len}) "
-                                "must be positive", param="arrivals")
+        raise InvalidInputError(
+            f"arrivals: rate ({rate}), duration ({duration_s}) and prompt_len ({prompt_len}) must be positive",
+            param="arrivals",
+        )
     return int(rate * duration_s * 1.5) + 16
 
 
@@ -75,8 +80,7 @@ def poisson_arrivals(*, rate: float, duration_s: float, prompt_len: int = 512, s
     return [a for a in _from_gaps(gaps, prompt_len) if a.time_s < duration_s]
 
 
-def gamma_arrivals(*, rate: float, cv: float, duration_s: float, prompt_len: int = 512,
-                   seed: int = 0) -> list[Arrival]:
+def gamma_arrivals(*, rate: float, cv: float, duration_s: float, prompt_len: int = 512, seed: int = 0) -> list[Arrival]:
     """Gamma inter-arrivals with mean 1/rate and coefficient of variation `cv` (cv=1: Poisson)."""
     if cv <= 0:
         raise InvalidInputError(f"arrivals: cv must be positive, got {cv}", param="arrivals")

@@ -29,14 +29,21 @@ def parse_trace(spec: str) -> AvailabilityTrace:
     for item in filter(None, spec.removeprefix("synthetic:").split(",")):
         key, _, raw = item.partition("=")
         if key not in _SYNTHETIC_KEYS:
-            raise InvalidInputError(f"synthetic trace: unknown key {key!r} (known: {', '.join(_SYNTHETIC_KEYS)})",
-                                    param="trace")
+            raise InvalidInputError(
+                f"synthetic trace: unknown key {key!r} (known: {', '.join(_SYNTHETIC_KEYS)})", param="trace"
+            )
         try:
             values[key] = _SYNTHETIC_KEYS[key](raw)
         except ValueError:
             raise InvalidInputError(f"synthetic trace: bad value for {key}: {raw!r}", param="trace") from None
-    return synthetic_trace(initial=values["initial"], duration_s=values["duration"], mean_lifetime_s=values["lifetime"],
-                           mean_gap_s=values["gap"], max_instances=values["max"], seed=values["seed"])
+    return synthetic_trace(
+        initial=values["initial"],
+        duration_s=values["duration"],
+        mean_lifetime_s=values["lifetime"],
+        mean_gap_s=values["gap"],
+        max_instances=values["max"],
+        seed=values["seed"],
+    )
 
 
 def _policies(raw: str) -> tuple:
@@ -55,36 +62,56 @@ def simulate(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     defaults = InstanceSpec()
     try:
-        instance = replace(defaults, gpus_per_instance=args.gpus_per_instance, gpu_memory_gib=args.gpu_memory_gib,
-                           network_gbps=args.network_gbps, storage_gbps=args.storage_gbps,
-                           spot_price_per_hour=args.spot_price, ondemand_price_per_hour=args.ondemand_price)
-        config = ExperimentConfig(policies=_policies(args.policy), grace_period_s=args.grace_period,
-                                  output_len=args.output_len, max_batch_size=args.max_batch_size,
-                                  min_world_size=args.min_world_size, required_rate=args.required_rate,
-                                  max_ondemand=args.max_ondemand, ondemand_instances=args.ondemand_instances,
-                                  instance=instance)
+        instance = replace(
+            defaults,
+            gpus_per_instance=args.gpus_per_instance,
+            gpu_memory_gib=args.gpu_memory_gib,
+            network_gbps=args.network_gbps,
+            storage_gbps=args.storage_gbps,
+            spot_price_per_hour=args.spot_price,
+            ondemand_price_per_hour=args.ondemand_price,
+        )
+        config = ExperimentConfig(
+            policies=_policies(args.policy),
+            grace_period_s=args.grace_period,
+            output_len=args.output_len,
+            max_batch_size=args.max_batch_size,
+            min_world_size=args.min_world_size,
+            required_rate=args.required_rate,
+            max_ondemand=args.max_ondemand,
+            ondemand_instances=args.ondemand_instances,
+            instance=instance,
+        )
     except InvalidInputError:
         raise
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     results = run_experiment(trace=trace, arrivals=arrivals, profile=profile, config=config)
-    print(f"trace {trace.source}: {trace.end_s:.0f} s, up to {trace.max_instances} instances; "
-          f"{sum(1 for a in arrivals if a.time_s < trace.end_s)} requests; profile {profile.name}")
+    print(
+        f"trace {trace.source}: {trace.end_s:.0f} s, up to {trace.max_instances} instances; "
+        f"{sum(1 for a in arrivals if a.time_s < trace.end_s)} requests; profile {profile.name}"
+    )
     print(markdown_table([r.summary for r in results]))
     for r in results:
         print(f"  {r.summary.policy}: simulated in {r.wall_s:.2f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "trace": trace.source, "arrivals": args.arrivals, "profile": str(args.profile),
+        "trace": trace.source,
+        "arrivals": args.arrivals,
+        "profile": str(args.profile),
         "config": {k: v for k, v in asdict(config).items() if k != "instance"} | {"instance": asdict(instance)},
-        "results": [r.summary.as_row() | {"wall_s": round(r.wall_s, 3),
-                                          "reconfigurations": r.record.reconfigurations} for r in results],
+        "results": [
+            r.summary.as_row() | {"wall_s": round(r.wall_s, 3), "reconfigurations": r.record.reconfigurations}
+            for r in results
+        ],
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     from ember.spot.plot import plot_latency
 
-    png = plot_latency([r.record for r in results], out / "latency.png", title=f"{profile.name} on {Path(trace.source).name}")
+    png = plot_latency(
+        [r.record for r in results], out / "latency.png", title=f"{profile.name} on {Path(trace.source).name}"
+    )
     print(f"wrote {out / 'results.json'} and {png}")
     return 0
 
@@ -95,7 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = spot.add_subparsers(dest="spot_command", metavar="SUBCOMMAND")
     sim = sub.add_parser("simulate", help="trace-driven simulation of spot serving policies")
     d = InstanceSpec()
-    sim.add_argument("--trace", required=True, help="availability trace (CSV, JSON lines, SkyPilot JSON) or synthetic:k=v,...")
+    sim.add_argument(
+        "--trace", required=True, help="availability trace (CSV, JSON lines, SkyPilot JSON) or synthetic:k=v,..."
+    )
     sim.add_argument("--arrivals", required=True, help="query CSV, poisson:RATE or gamma:RATE:CV")
     sim.add_argument("--profile", required=True, help="SpotServe latency profile JSON")
     sim.add_argument("--policy", default="all", help=f"one of {', '.join(POLICIES)}, a comma list, or all")
@@ -103,7 +132,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--output-len", type=int, default=128, help="tokens generated per request")
     sim.add_argument("--max-batch-size", type=int, default=4, help="largest batch a replica runs")
     sim.add_argument("--min-world-size", type=int, default=1, help="fewest GPUs per replica (SpotServe: 4/12/16)")
-    sim.add_argument("--required-rate", type=float, default=None, help="throughput target req/s (default: arrival rate)")
+    sim.add_argument(
+        "--required-rate", type=float, default=None, help="throughput target req/s (default: arrival rate)"
+    )
     sim.add_argument("--max-ondemand", type=int, default=0, help="on-demand instances the controller may add")
     sim.add_argument("--ondemand-instances", type=int, default=None, help="fleet of the ondemand policy")
     sim.add_argument("--gpus-per-instance", type=int, default=d.gpus_per_instance, help="GPUs per instance")
@@ -111,7 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--network-gbps", type=float, default=d.network_gbps, help="inter-instance bandwidth")
     sim.add_argument("--storage-gbps", type=float, default=d.storage_gbps, help="checkpoint load bandwidth")
     sim.add_argument("--spot-price", type=float, default=d.spot_price_per_hour, help="$ per spot instance-hour")
-    sim.add_argument("--ondemand-price", type=float, default=d.ondemand_price_per_hour, help="$ per on-demand instance-hour")
+    sim.add_argument(
+        "--ondemand-price", type=float, default=d.ondemand_price_per_hour, help="$ per on-demand instance-hour"
+    )
     sim.add_argument("--prompt-len", type=int, default=512, help="prompt tokens of generated arrivals")
     sim.add_argument("--seed", type=int, default=0, help="seed of generated arrivals")
     sim.add_argument("--out", default="spot-results", help="folder for results.json and latency.png")

@@ -17,8 +17,9 @@ get a preemption notice or go, or the target rate changes; the controller answer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 from ember.spot.config import Device, ParallelConfig, Position
 from ember.spot.hardware import InstanceSpec
@@ -77,8 +78,16 @@ class Reconfiguration:
 class SpotController:
     """One controller for all four policies (they differ in a few decisions, noted inline)."""
 
-    def __init__(self, *, policy: Policy, optimizer: ParallelOptimizer, planner: MigrationPlanner,
-                 instance: InstanceSpec, max_ondemand: int = 0, drain_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        optimizer: ParallelOptimizer,
+        planner: MigrationPlanner,
+        instance: InstanceSpec,
+        max_ondemand: int = 0,
+        drain_s: float = 0.5,
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"SpotController.policy must be one of {POLICIES}, got {policy!r}")
         self.policy = policy
@@ -126,14 +135,26 @@ class SpotController:
         deadline = min((view.dying[i] for i in dying), default=None)
         old_replicas = frozenset(p.replica for p in old_place.values())
         if new is None:
-            return self._commit(view, None, {}, old_replicas, deadline if deadline is not None else now,
-                                "recompute", {}, {}, None, blocks_until=now)
+            return self._commit(
+                view,
+                None,
+                {},
+                old_replicas,
+                deadline if deadline is not None else now,
+                "recompute",
+                {},
+                {},
+                None,
+                blocks_until=now,
+            )
         # Which old batches the new replicas inherit: replicas that keep all their GPUs first (they
         # can stay in place), then the most progress (the artifact keeps the largest start_step).
         leaving = lost | dying
         broken = {p.replica for d, p in old_place.items() if d.instance_id in leaving}
-        ranked = sorted((r for r, tok in view.inflight_tokens.items() if tok > 0),
-                        key=lambda r: (r in broken, -view.progress.get(r, 0), r))[:new.dp]
+        ranked = sorted(
+            (r for r, tok in view.inflight_tokens.items() if tok > 0),
+            key=lambda r: (r in broken, -view.progress.get(r, 0), r),
+        )[: new.dp]
         replica_map: dict[int, int | None] = {i: r for i, r in enumerate(sorted(ranked))}
         kv = {r: view.inflight_tokens[r] for r in ranked}
         placement = self._match(usable, new, kv, replica_map, lost)
@@ -142,9 +163,13 @@ class SpotController:
         mode: RecoveryMode = "migrate_kv"
         stop_by = now
         if stopping:
-            choice = choose_recovery(now=now, deadline=deadline, est_with_kv_s=plan.est_s,
-                                     est_params_s=plan.est_params_s,
-                                     can_migrate_kv=bool(plan.kv_replicas & stopping))
+            choice = choose_recovery(
+                now=now,
+                deadline=deadline,
+                est_with_kv_s=plan.est_s,
+                est_params_s=plan.est_params_s,
+                can_migrate_kv=bool(plan.kv_replicas & stopping),
+            )
             mode, stop_by = choice.mode, choice.stop_by
             if mode != "migrate_kv" or not choice.use_dying_sources:
                 # NOTE: same mapping (the KV still ties GPUs to their replica), but only the intact
@@ -171,8 +196,18 @@ class SpotController:
                 ready[r] = stop_by + plan.est_s
             else:
                 ready[r] = (stop_by if gpus[r] & busy else now) + plan.est_params_s
-        return self._commit(view, new, placement, frozenset(stopping), stop_by, mode, replica_map, ready, plan,
-                            blocks_until=max([stop_by, *ready.values()]))
+        return self._commit(
+            view,
+            new,
+            placement,
+            frozenset(stopping),
+            stop_by,
+            mode,
+            replica_map,
+            ready,
+            plan,
+            blocks_until=max([stop_by, *ready.values()]),
+        )
 
     def _match(self, usable, new, kv, replica_map, lost) -> dict[Device, Position]:
         old, old_place = self.config, self.placement
@@ -183,13 +218,25 @@ class SpotController:
         def weight_fn(d: Device, pos: Position) -> float:
             return self.planner.reusable_bytes(old_place[d], old, pos, new, kv_tokens=kv, replica_map=replica_map)
 
-        return match_devices(devs, new, self.instance.gpus_per_instance, weight_fn,
-                             has_state=lambda d: d in old_place and d.instance_id not in lost)
+        return match_devices(
+            devs,
+            new,
+            self.instance.gpus_per_instance,
+            weight_fn,
+            has_state=lambda d: d in old_place and d.instance_id not in lost,
+        )
 
     def _plan(self, placement, new, kv, replica_map, dying, lost) -> MigrationPlan:
-        return self.planner.plan(old_config=self.config, old_placement=self.placement, new_config=new,
-                                 new_placement=placement, kv_tokens=kv, replica_map=replica_map,
-                                 dying_instances=dying, lost_instances=lost)
+        return self.planner.plan(
+            old_config=self.config,
+            old_placement=self.placement,
+            new_config=new,
+            new_placement=placement,
+            kv_tokens=kv,
+            replica_map=replica_map,
+            dying_instances=dying,
+            lost_instances=lost,
+        )
 
     # -- reparallelize (and the initial deployment of ondemand) -------------------------------
     def _restart(self, view: ClusterView, usable: list[str], new: ParallelConfig | None) -> Reconfiguration:
@@ -200,12 +247,14 @@ class SpotController:
         if new is None:
             return self._commit(view, None, {}, old_replicas, stop_by, "restart", {}, {}, None, blocks_until=stop_by)
         placement = rank_order_placement(self.devices(usable), new, self.instance.gpus_per_instance)
-        plan = self.planner.plan(old_config=None, old_placement={}, new_config=new, new_placement=placement,
-                                 kv_tokens={}, replica_map={})
+        plan = self.planner.plan(
+            old_config=None, old_placement={}, new_config=new, new_placement=placement, kv_tokens={}, replica_map={}
+        )
         ready_s = now if view.is_initial else stop_by + plan.est_s + self.instance.restart_overhead_s
         ready = {r: ready_s for r in range(new.dp)}
-        return self._commit(view, new, placement, old_replicas, stop_by, "restart", {}, ready, plan,
-                            blocks_until=ready_s)
+        return self._commit(
+            view, new, placement, old_replicas, stop_by, "restart", {}, ready, plan, blocks_until=ready_s
+        )
 
     # -- reroute -----------------------------------------------------------------------------
     def _reroute(self, view: ClusterView, spot: list[str]) -> Reconfiguration | None:
@@ -221,8 +270,10 @@ class SpotController:
         for d, p in old_place.items():
             by_replica.setdefault(p.replica, []).append(d)
         broken = {r for r, devs in by_replica.items() if any(d.instance_id not in spot for d in devs)}
-        deadline = min((view.dying[d.instance_id] for r in broken for d in by_replica[r]
-                        if d.instance_id in view.dying), default=None)
+        deadline = min(
+            (view.dying[d.instance_id] for r in broken for d in by_replica[r] if d.instance_id in view.dying),
+            default=None,
+        )
         stop_by = now if deadline is None else max(now, deadline - self.drain_s)
         kept = sorted(r for r in by_replica if r not in broken)
         used = {d for r in kept for d in by_replica[r]}
@@ -235,8 +286,14 @@ class SpotController:
         if cand is None:
             new = None
         else:
-            new = ParallelConfig(dp=len(kept) + num_new, tp=tp, pp=pp, batch_size=cand.config.batch_size,
-                                 prefill_micro=cand.config.prefill_micro, decode_micro=cand.config.decode_micro)
+            new = ParallelConfig(
+                dp=len(kept) + num_new,
+                tp=tp,
+                pp=pp,
+                batch_size=cand.config.batch_size,
+                prefill_micro=cand.config.prefill_micro,
+                decode_micro=cand.config.decode_micro,
+            )
         placement: dict[Device, Position] = {}
         replica_map: dict[int, int | None] = {}
         for i, r in enumerate(kept):
@@ -248,18 +305,43 @@ class SpotController:
             extra = ParallelConfig(dp=num_new, tp=tp, pp=pp, batch_size=new.batch_size)
             added = rank_order_placement(free, extra, g)
             placement.update({d: p._replace(replica=p.replica + len(kept)) for d, p in added.items()})
-            plan = self.planner.plan(old_config=None, old_placement={}, new_config=extra, new_placement=added,
-                                     kv_tokens={}, replica_map={})
+            plan = self.planner.plan(
+                old_config=None, old_placement={}, new_config=extra, new_placement=added, kv_tokens={}, replica_map={}
+            )
             reuses_stopping = any(d.instance_id in spot and d in old_place for d in added)
             start = stop_by if reuses_stopping else now
-            ready.update({len(kept) + k: (now if view.is_initial else start + plan.est_s + self.instance.restart_overhead_s)
-                          for k in range(num_new)})
-        return self._commit(view, new if placement else None, placement, frozenset(broken), stop_by, "restart",
-                            replica_map, ready, plan, blocks_until=stop_by)
+            ready.update(
+                {
+                    len(kept) + k: (now if view.is_initial else start + plan.est_s + self.instance.restart_overhead_s)
+                    for k in range(num_new)
+                }
+            )
+        return self._commit(
+            view,
+            new if placement else None,
+            placement,
+            frozenset(broken),
+            stop_by,
+            "restart",
+            replica_map,
+            ready,
+            plan,
+            blocks_until=stop_by,
+        )
 
     def _commit(self, view, new, placement, stop, stop_by, mode, replica_map, ready, plan, *, blocks_until):
         self.config, self.placement = new, dict(placement)
-        return Reconfiguration(time_s=view.now_s, policy=self.policy, new_config=new, placement=dict(placement),
-                               stop_replicas=stop, stop_by=stop_by, mode=mode, replica_map=dict(replica_map),
-                               ready_at=dict(ready), migration=plan, ondemand_instances=tuple(self.ondemand),
-                               blocks_until=blocks_until)
+        return Reconfiguration(
+            time_s=view.now_s,
+            policy=self.policy,
+            new_config=new,
+            placement=dict(placement),
+            stop_replicas=stop,
+            stop_by=stop_by,
+            mode=mode,
+            replica_map=dict(replica_map),
+            ready_at=dict(ready),
+            migration=plan,
+            ondemand_instances=tuple(self.ondemand),
+            blocks_until=blocks_until,
+        )

@@ -36,15 +36,17 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         for p in self.policies:
             if p not in POLICIES:
-                raise InvalidInputError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all",
-                                        param="policy")
+                raise InvalidInputError(
+                    f"unknown policy {p!r}; choose from {', '.join(POLICIES)} or all", param="policy"
+                )
         if not self.policies:
             raise InvalidInputError("no policy given", param="policy")
         if self.max_ondemand < 0:
             raise InvalidInputError(f"max_ondemand must be >= 0, got {self.max_ondemand}", param="max_ondemand")
         if self.ondemand_instances is not None and self.ondemand_instances <= 0:
-            raise InvalidInputError(f"ondemand_instances must be positive, got {self.ondemand_instances}",
-                                    param="ondemand_instances")
+            raise InvalidInputError(
+                f"ondemand_instances must be positive, got {self.ondemand_instances}", param="ondemand_instances"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,15 +56,20 @@ class PolicyResult:
     wall_s: float
 
 
-def run_experiment(*, trace: AvailabilityTrace, arrivals: list[Arrival], profile: LatencyProfile,
-                   config: ExperimentConfig) -> list[PolicyResult]:
+def run_experiment(
+    *, trace: AvailabilityTrace, arrivals: list[Arrival], profile: LatencyProfile, config: ExperimentConfig
+) -> list[PolicyResult]:
     """Simulate every policy of `config` on the same trace and arrivals."""
     if not arrivals:
         raise InvalidInputError("no request arrivals to replay", param="arrivals")
     inst = config.instance
     memory = ModelMemory(num_layers=profile.num_layers, hidden_size=profile.hidden_size, vocab_size=config.vocab_size)
-    opt_cfg = OptimizerConfig(output_len=config.output_len, input_len=arrivals[0].prompt_len,
-                              max_batch_size=config.max_batch_size, min_world_size=config.min_world_size)
+    opt_cfg = OptimizerConfig(
+        output_len=config.output_len,
+        input_len=arrivals[0].prompt_len,
+        max_batch_size=config.max_batch_size,
+        min_world_size=config.min_world_size,
+    )
     optimizer = ParallelOptimizer(profile, memory, inst, opt_cfg)
     rate = config.required_rate if config.required_rate is not None else mean_rate(arrivals)
     out = []
@@ -73,15 +80,25 @@ def run_experiment(*, trace: AvailabilityTrace, arrivals: list[Arrival], profile
                 fleet = config.ondemand_instances or optimizer.min_instances_for(rate)
             except ValueError as exc:
                 raise InvalidInputError(f"ondemand: {exc}", param="profile") from None
-        controller = SpotController(policy=policy, optimizer=optimizer, planner=MigrationPlanner(memory, inst),
-                                    instance=inst, max_ondemand=config.max_ondemand if policy != "ondemand" else 0)
-        sim_cfg = SimulationConfig(grace_period_s=config.grace_period_s, output_len=config.output_len,
-                                   max_batch_size=config.max_batch_size, required_rate=rate, ondemand_fleet=fleet)
+        controller = SpotController(
+            policy=policy,
+            optimizer=optimizer,
+            planner=MigrationPlanner(memory, inst),
+            instance=inst,
+            max_ondemand=config.max_ondemand if policy != "ondemand" else 0,
+        )
+        sim_cfg = SimulationConfig(
+            grace_period_s=config.grace_period_s,
+            output_len=config.output_len,
+            max_batch_size=config.max_batch_size,
+            required_rate=rate,
+            ondemand_fleet=fleet,
+        )
         start = time.perf_counter()
-        record = Simulator(trace=trace, arrivals=arrivals, controller=controller, profile=profile,
-                           config=sim_cfg).run()
+        record = Simulator(trace=trace, arrivals=arrivals, controller=controller, profile=profile, config=sim_cfg).run()
         wall = time.perf_counter() - start
-        summary = summarize(record, spot_price_per_hour=inst.spot_price_per_hour,
-                            ondemand_price_per_hour=inst.ondemand_price_per_hour)
+        summary = summarize(
+            record, spot_price_per_hour=inst.spot_price_per_hour, ondemand_price_per_hour=inst.ondemand_price_per_hour
+        )
         out.append(PolicyResult(summary=summary, record=record, wall_s=wall))
     return out

@@ -35,7 +35,9 @@ class InstanceSpec:
             if getattr(self, name) <= 0:
                 raise ValueError(f"InstanceSpec.{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.usable_memory_fraction <= 1:
-            raise ValueError(f"InstanceSpec.usable_memory_fraction must be in (0, 1], got {self.usable_memory_fraction}")
+            raise ValueError(
+                f"InstanceSpec.usable_memory_fraction must be in (0, 1], got {self.usable_memory_fraction}"
+            )
         for name in ("switch_overhead_s", "restart_overhead_s", "spot_price_per_hour", "ondemand_price_per_hour"):
             if getattr(self, name) < 0:
                 raise ValueError(f"InstanceSpec.{name} must be >= 0, got {getattr(self, name)}")

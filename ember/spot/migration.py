@@ -11,9 +11,10 @@ that inherits its batch). Embeddings are pseudo-layers -1 (first stage) and -2 (
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -87,8 +88,12 @@ def _overlap(a: range, b: range) -> int:
     return max(0, min(a.stop, b.stop) - max(a.start, b.start))
 
 
-def _intact_replicas(old_placement: Mapping[Device, Position], new_placement: Mapping[Device, Position],
-                     receivers: set[Device], leaving: frozenset[str]) -> dict[int, int]:
+def _intact_replicas(
+    old_placement: Mapping[Device, Position],
+    new_placement: Mapping[Device, Position],
+    receivers: set[Device],
+    leaving: frozenset[str],
+) -> dict[int, int]:
     """New replicas that are an old replica unchanged: the same GPUs (none leaving), and the plan
     sends none of them anything (no weights, no KV), so each already holds what its position needs."""
     old_gpus: dict[int, set[Device]] = defaultdict(set)
@@ -119,8 +124,15 @@ class MigrationPlanner:
     def _layer_bytes(self, layer: int) -> int:
         return self.memory.embed_bytes if layer < 0 else self.memory.layer_bytes
 
-    def _shared_state(self, old_cfg: ParallelConfig, old_rank: int, old_stage: int, new_cfg: ParallelConfig,
-                      new_rank: int, new_stage: int) -> tuple[float, float]:
+    def _shared_state(
+        self,
+        old_cfg: ParallelConfig,
+        old_rank: int,
+        old_stage: int,
+        new_cfg: ParallelConfig,
+        new_rank: int,
+        new_stage: int,
+    ) -> tuple[float, float]:
         """(weight bytes, decoder layers x tp share) that two positions have in common."""
         grain = max(old_cfg.tp, new_cfg.tp)
         lo, ln = _Layout(old_cfg, self.memory, grain), _Layout(new_cfg, self.memory, grain)
@@ -129,26 +141,43 @@ class MigrationPlanner:
         if shard == 0:
             return 0.0, 0.0
         shared = set(lo.layers(old_pos)) & set(ln.layers(new_pos))
-        return (sum(self._layer_bytes(layer) for layer in shared) * shard,
-                sum(1 for layer in shared if layer >= 0) * shard)
+        return (
+            sum(self._layer_bytes(layer) for layer in shared) * shard,
+            sum(1 for layer in shared if layer >= 0) * shard,
+        )
 
-    def reusable_bytes(self, old_pos: Position, old_cfg: ParallelConfig, new_pos: Position,
-                       new_cfg: ParallelConfig, *, kv_tokens: Mapping[int, int],
-                       replica_map: Mapping[int, int | None]) -> float:
+    def reusable_bytes(
+        self,
+        old_pos: Position,
+        old_cfg: ParallelConfig,
+        new_pos: Position,
+        new_cfg: ParallelConfig,
+        *,
+        kv_tokens: Mapping[int, int],
+        replica_map: Mapping[int, int | None],
+    ) -> float:
         """Bytes a GPU at `old_pos` already holds that `new_pos` needs (SpotServe's edge weight):
         shared layers x shared tp slice x (weights + KV if the new replica inherits the old one's)."""
-        weights, kv_layers = self._shared(old_cfg, old_pos.tp_rank, old_pos.pp_stage, new_cfg, new_pos.tp_rank,
-                                          new_pos.pp_stage)
+        weights, kv_layers = self._shared(
+            old_cfg, old_pos.tp_rank, old_pos.pp_stage, new_cfg, new_pos.tp_rank, new_pos.pp_stage
+        )
         tokens = kv_tokens.get(old_pos.replica, 0)
         if tokens and replica_map.get(new_pos.replica) == old_pos.replica:
             return weights + kv_layers * tokens * self.memory.kv_bytes_per_token_layer
         return weights
 
-    def plan(self, *, old_config: ParallelConfig | None, old_placement: Mapping[Device, Position],
-             new_config: ParallelConfig, new_placement: Mapping[Device, Position],
-             kv_tokens: Mapping[int, int], replica_map: Mapping[int, int | None],
-             dying_instances: frozenset[str] = frozenset(), lost_instances: frozenset[str] = frozenset()
-             ) -> MigrationPlan:
+    def plan(
+        self,
+        *,
+        old_config: ParallelConfig | None,
+        old_placement: Mapping[Device, Position],
+        new_config: ParallelConfig,
+        new_placement: Mapping[Device, Position],
+        kv_tokens: Mapping[int, int],
+        replica_map: Mapping[int, int | None],
+        dying_instances: frozenset[str] = frozenset(),
+        lost_instances: frozenset[str] = frozenset(),
+    ) -> MigrationPlan:
         """Transfers that turn `old_placement` into `new_placement`.
 
         `kv_tokens[old_replica]` is the KV (tokens) of its interrupted batch; `replica_map[new
@@ -171,15 +200,18 @@ class MigrationPlanner:
                     for layer, j in items:
                         if layer >= 0:
                             kv_holder[(pos.replica, layer, j)] = d
-        inherits = {new_r: old_r for new_r, old_r in replica_map.items()
-                    if old_r is not None and kv_tokens.get(old_r)}
+        inherits = {new_r: old_r for new_r, old_r in replica_map.items() if old_r is not None and kv_tokens.get(old_r)}
         kv_lost = set()
         if old_lay is not None:
             for old_r in inherits.values():
                 # every KV piece of the replica must still exist somewhere
                 for pos in (p for p in old_placement.values() if p.replica == old_r):
-                    if any((old_r, layer, j) not in kv_holder
-                           for layer in old_lay.layers(pos) if layer >= 0 for j in old_lay.pieces(pos)):
+                    if any(
+                        (old_r, layer, j) not in kv_holder
+                        for layer in old_lay.layers(pos)
+                        if layer >= 0
+                        for j in old_lay.pieces(pos)
+                    ):
                         kv_lost.add(old_r)
                         break
         else:
@@ -202,8 +234,10 @@ class MigrationPlanner:
                 if not cands:
                     agg[("load", layer, None, dst, None)] += nbytes
                     continue
-                src = min(cands, key=lambda s: (s.instance_id != dst.instance_id,
-                                                s.instance_id in dying_instances, sent[s], s))
+                src = min(
+                    cands,
+                    key=lambda s: (s.instance_id != dst.instance_id, s.instance_id in dying_instances, sent[s], s),
+                )
                 sent[src] += nbytes
                 agg[("param", layer, src, dst, None)] += nbytes
             old_r = inherits.get(pos.replica)
@@ -218,22 +252,38 @@ class MigrationPlanner:
                     kept += kv_piece
                 else:
                     agg[("kv", layer, src, dst, old_r)] += kv_piece
-        transfers = [Transfer(kind=k, layer=layer, src=s, dst=d, num_bytes=b, old_replica=r,
-                              is_priority=(s is not None and s.instance_id in dying_instances)
-                              or d.instance_id in dying_instances)
-                     for (k, layer, s, d, r), b in agg.items()]
-        order, safe, peak = self._memory_order(transfers, held, needed, old_placement, kv_tokens, grain,
-                                               lost_instances)
+        transfers = [
+            Transfer(
+                kind=k,
+                layer=layer,
+                src=s,
+                dst=d,
+                num_bytes=b,
+                old_replica=r,
+                is_priority=(s is not None and s.instance_id in dying_instances) or d.instance_id in dying_instances,
+            )
+            for (k, layer, s, d, r), b in agg.items()
+        ]
+        order, safe, peak = self._memory_order(transfers, held, needed, old_placement, kv_tokens, grain, lost_instances)
         rank = {layer: i for i, layer in enumerate(order)}
         transfers.sort(key=lambda t: (rank[t.layer], not t.is_priority, t.kind, t.dst, t.src or t.dst))
-        intact = _intact_replicas(old_placement, new_placement, {t.dst for t in transfers},
-                                  dying_instances | lost_instances)
+        intact = _intact_replicas(
+            old_placement, new_placement, {t.dst for t in transfers}, dying_instances | lost_instances
+        )
         return MigrationPlan(
-            new_config=new_config, placement=dict(new_placement), transfers=tuple(transfers),
-            layer_order=tuple(order), kept_bytes=kept,
+            new_config=new_config,
+            placement=dict(new_placement),
+            transfers=tuple(transfers),
+            layer_order=tuple(order),
+            kept_bytes=kept,
             kv_replicas=frozenset(r for r in inherits.values() if r not in kv_lost),
-            kv_lost_replicas=frozenset(kv_lost), intact_replicas=intact, is_memory_safe=safe, peak_bytes=peak,
-            est_s=self.estimate_s(transfers), est_params_s=self.estimate_s([t for t in transfers if t.kind != "kv"]))
+            kv_lost_replicas=frozenset(kv_lost),
+            intact_replicas=intact,
+            is_memory_safe=safe,
+            peak_bytes=peak,
+            est_s=self.estimate_s(transfers),
+            est_params_s=self.estimate_s([t for t in transfers if t.kind != "kv"]),
+        )
 
     def estimate_s(self, transfers: list[Transfer]) -> float:
         """SpotServe's model: busiest instance's inter-instance bytes / network bandwidth + busiest
@@ -252,8 +302,12 @@ class MigrationPlanner:
                 net_in[t.dst.instance_id] += t.num_bytes
         inst = self.instance
         net = max([*net_in.values(), *net_out.values(), 0])
-        return (net / inst.network_bytes_per_s + max([*intra.values(), 0]) / inst.intra_bytes_per_s
-                + max([*load.values(), 0]) / inst.storage_bytes_per_s + inst.switch_overhead_s)
+        return (
+            net / inst.network_bytes_per_s
+            + max([*intra.values(), 0]) / inst.intra_bytes_per_s
+            + max([*load.values(), 0]) / inst.storage_bytes_per_s
+            + inst.switch_overhead_s
+        )
 
     def _memory_order(self, transfers, held, needed, old_placement, kv_tokens, grain, lost):
         """Greedy layer order keeping every GPU under its memory: a layer's pieces arrive before

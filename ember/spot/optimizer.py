@@ -48,8 +48,9 @@ class OptimizerConfig:
 class ParallelOptimizer:
     """Chooses configurations from a latency profile, a memory model and an instance type."""
 
-    def __init__(self, profile: LatencyProfile, memory: ModelMemory, instance: InstanceSpec,
-                 config: OptimizerConfig) -> None:
+    def __init__(
+        self, profile: LatencyProfile, memory: ModelMemory, instance: InstanceSpec, config: OptimizerConfig
+    ) -> None:
         self.profile = profile
         self.memory = memory
         self.instance = instance
@@ -66,12 +67,20 @@ class ParallelOptimizer:
         # NOTE: a tp group larger than an instance must be whole instances (no ragged groups).
         if tp > g and tp % g:
             return False
-        return (tp * pp >= self.config.min_world_size and self.profile.num_padded_layers % pp == 0
-                and pp <= self.memory.num_layers)
+        return (
+            tp * pp >= self.config.min_world_size
+            and self.profile.num_padded_layers % pp == 0
+            and pp <= self.memory.num_layers
+        )
 
     def latency(self, config: ParallelConfig) -> float:
-        lat = self.profile.batch_latency(tp=config.tp, pp=config.pp, batch_size=config.batch_size,
-                                         prefill_micro=config.prefill_micro, decode_micro=config.decode_micro)
+        lat = self.profile.batch_latency(
+            tp=config.tp,
+            pp=config.pp,
+            batch_size=config.batch_size,
+            prefill_micro=config.prefill_micro,
+            decode_micro=config.decode_micro,
+        )
         return lat.duration_s(self.config.output_len)
 
     def _enumerate(self, num_gpus: int) -> tuple[Candidate, ...]:
@@ -89,8 +98,7 @@ class ParallelOptimizer:
                         for m2 in (m for m in batches if m <= bsz):
                             if not (self.profile.has(tp, bsz // m1) and self.profile.has(tp, bsz // m2)):
                                 continue
-                            cfg = ParallelConfig(dp=dp, tp=tp, pp=pp, batch_size=bsz, prefill_micro=m1,
-                                                 decode_micro=m2)
+                            cfg = ParallelConfig(dp=dp, tp=tp, pp=pp, batch_size=bsz, prefill_micro=m1, decode_micro=m2)
                             lat = self.latency(cfg)
                             out.append(Candidate(cfg, lat, dp * bsz / lat))
         return tuple(out)
@@ -113,8 +121,14 @@ class ParallelOptimizer:
             return min(meeting, key=lambda c: (round(c.latency_s, 9), c.config.num_gpus, -c.throughput))
         return max(cands, key=lambda c: (round(c.throughput, 9), -c.latency_s, -c.config.num_gpus))
 
-    def choose_with_ondemand(self, num_spot_instances: int, required_rate: float, *, max_ondemand: int = 0,
-                             shape: tuple[int, int] | None = None) -> Choice:
+    def choose_with_ondemand(
+        self,
+        num_spot_instances: int,
+        required_rate: float,
+        *,
+        max_ondemand: int = 0,
+        shape: tuple[int, int] | None = None,
+    ) -> Choice:
         """Add the fewest on-demand instances (up to `max_ondemand`) that reach `required_rate`;
         if no count reaches it, the count with the most throughput (fewest on ties)."""
         g = self.instance.gpus_per_instance

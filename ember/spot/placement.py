@@ -17,7 +17,7 @@ slot must live on one instance (tensor parallelism stays on the fast intra-insta
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -30,8 +30,12 @@ WeightFn = Callable[[Device, Position], float]
 def slots_of(config: ParallelConfig, gpus_per_instance: int) -> list[list[Position]]:
     """Positions grouped into slots that must share one instance."""
     c = min(config.tp, gpus_per_instance)
-    return [[Position(r, b * c + j, p) for j in range(c)]
-            for r in range(config.dp) for p in range(config.pp) for b in range(config.tp // c)]
+    return [
+        [Position(r, b * c + j, p) for j in range(c)]
+        for r in range(config.dp)
+        for p in range(config.pp)
+        for b in range(config.tp // c)
+    ]
 
 
 def _km(weights: np.ndarray) -> tuple[float, list[tuple[int, int]]]:
@@ -40,8 +44,9 @@ def _km(weights: np.ndarray) -> tuple[float, list[tuple[int, int]]]:
     return float(weights[rows, cols].sum()), list(zip(rows.tolist(), cols.tolist()))
 
 
-def _weight_matrix(devices: Sequence[Device], positions: Sequence[Position], weight: WeightFn,
-                   has_state: Callable[[Device], bool]) -> np.ndarray:
+def _weight_matrix(
+    devices: Sequence[Device], positions: Sequence[Position], weight: WeightFn, has_state: Callable[[Device], bool]
+) -> np.ndarray:
     w = np.zeros((len(devices), len(positions)))
     for i, d in enumerate(devices):
         if has_state(d):
@@ -50,9 +55,13 @@ def _weight_matrix(devices: Sequence[Device], positions: Sequence[Position], wei
     return w
 
 
-def match_devices(devices_by_instance: Mapping[str, Sequence[Device]], config: ParallelConfig,
-                  gpus_per_instance: int, weight: WeightFn,
-                  has_state: Callable[[Device], bool] = lambda d: True) -> dict[Device, Position]:
+def match_devices(
+    devices_by_instance: Mapping[str, Sequence[Device]],
+    config: ParallelConfig,
+    gpus_per_instance: int,
+    weight: WeightFn,
+    has_state: Callable[[Device], bool] = lambda d: True,
+) -> dict[Device, Position]:
     """Map GPUs to every position of `config`, maximizing the total `weight`.
 
     `devices_by_instance` lists the usable GPUs per instance (in a stable order); `has_state`
@@ -80,7 +89,7 @@ def match_devices(devices_by_instance: Mapping[str, Sequence[Device]], config: P
         block = inner[iid]
         if not block.any():
             continue
-        value = [_km(block[:, s * c:(s + 1) * c])[0] for s in range(len(slots))]
+        value = [_km(block[:, s * c : (s + 1) * c])[0] for s in range(len(slots))]
         for u, (uid, _) in enumerate(units):
             if uid == iid:
                 outer[u] = value
@@ -98,12 +107,13 @@ def match_devices(devices_by_instance: Mapping[str, Sequence[Device]], config: P
     return out
 
 
-def rank_order_placement(devices_by_instance: Mapping[str, Sequence[Device]], config: ParallelConfig,
-                         gpus_per_instance: int) -> dict[Device, Position]:
+def rank_order_placement(
+    devices_by_instance: Mapping[str, Sequence[Device]], config: ParallelConfig, gpus_per_instance: int
+) -> dict[Device, Position]:
     """Fill slots in order with the GPUs in order (what a restart from scratch does)."""
     slots = slots_of(config, gpus_per_instance)
     c = len(slots[0]) if slots else 1
-    chunks = [list(devs[k * c:(k + 1) * c]) for devs in devices_by_instance.values() for k in range(len(devs) // c)]
+    chunks = [list(devs[k * c : (k + 1) * c]) for devs in devices_by_instance.values() for k in range(len(devs) // c)]
     if len(chunks) < len(slots):
         raise ValueError(f"{config.short()} needs {len(slots)} slots of {c} GPUs; only {len(chunks)} available")
     return {d: pos for slot, chunk in zip(slots, chunks) for d, pos in zip(chunk, slot)}

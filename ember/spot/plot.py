@@ -23,8 +23,13 @@ def plot_latency(records: list[RunRecord], path: str | Path, *, title: str = "")
         seen = set()
         for t, kind in marks:
             label = {"preempt": "preemption", "add": "instance added"}[kind]
-            ax.axvline(t, color="red" if kind == "preempt" else "green", ls="--" if kind == "preempt" else ":",
-                       lw=0.8, label=None if label in seen else label)
+            ax.axvline(
+                t,
+                color="red" if kind == "preempt" else "green",
+                ls="--" if kind == "preempt" else ":",
+                lw=0.8,
+                label=None if label in seen else label,
+            )
             seen.add(label)
     ax.set_xlabel("request arrival (s)")
     ax.set_ylabel("latency (s)")

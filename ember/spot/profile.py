@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 from ember.errors import InvalidInputError
 
@@ -80,8 +81,9 @@ class LatencyProfile:
     def has(self, tp: int, bsz: int) -> bool:
         return (tp, bsz) in self.prefill_ms
 
-    def batch_latency(self, *, tp: int, pp: int, batch_size: int, prefill_micro: int = 1,
-                      decode_micro: int = 1) -> BatchLatency:
+    def batch_latency(
+        self, *, tp: int, pp: int, batch_size: int, prefill_micro: int = 1, decode_micro: int = 1
+    ) -> BatchLatency:
         """Latency of one batch of `batch_size` requests; KeyError if the profile lacks the point."""
         m1, m2 = min(prefill_micro, batch_size), min(decode_micro, batch_size)
         layers_per_stage = math.ceil(self.num_layers / pp)

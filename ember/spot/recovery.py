@@ -36,8 +36,9 @@ class BatchProgress:
 
     def __post_init__(self) -> None:
         if not 0 <= self.committed_at_start < self.output_len:
-            raise ValueError(f"BatchProgress.committed_at_start must be in [0, {self.output_len}), "
-                             f"got {self.committed_at_start}")
+            raise ValueError(
+                f"BatchProgress.committed_at_start must be in [0, {self.output_len}), got {self.committed_at_start}"
+            )
 
     @property
     def first_token_s(self) -> float:
@@ -78,8 +79,9 @@ def plan_stop(batch: BatchProgress, *, now: float, stop_by: float, margin_steps:
     steps = max(done_now, batch.steps_done(stop_by) - margin_steps)
     if steps == done_now:
         return StopDecision(False, now, batch.committed_at_start + steps, 0)
-    return StopDecision(False, batch.first_token_s + steps * batch.latency.step_s,
-                        batch.committed_at_start + steps, steps - done_now)
+    return StopDecision(
+        False, batch.first_token_s + steps * batch.latency.step_s, batch.committed_at_start + steps, steps - done_now
+    )
 
 
 class RecoveryChoice(NamedTuple):
@@ -88,8 +90,9 @@ class RecoveryChoice(NamedTuple):
     use_dying_sources: bool  # whether the plan may read from GPUs that are about to go
 
 
-def choose_recovery(*, now: float, deadline: float | None, est_with_kv_s: float, est_params_s: float,
-                    can_migrate_kv: bool = True) -> RecoveryChoice:
+def choose_recovery(
+    *, now: float, deadline: float | None, est_with_kv_s: float, est_params_s: float, can_migrate_kv: bool = True
+) -> RecoveryChoice:
     """Pick the cheapest recovery that finishes migrating before `deadline` (None: no deadline,
     e.g. instances were added; stop at the next token and migrate everything)."""
     if deadline is None:

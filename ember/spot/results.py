@@ -92,9 +92,18 @@ def summarize(record: RunRecord, *, spot_price_per_hour: float, ondemand_price_p
     )
 
 
-_COLUMNS = [("policy", "policy"), ("num_completed", "done"), ("num_lost", "lost"), ("latency_mean_s", "mean s"),
-            ("latency_p50_s", "P50 s"), ("latency_p90_s", "P90 s"), ("latency_p99_s", "P99 s"),
-            ("throughput_rps", "req/s"), ("cost_usd", "cost $"), ("num_reconfigurations", "reconf")]
+_COLUMNS = [
+    ("policy", "policy"),
+    ("num_completed", "done"),
+    ("num_lost", "lost"),
+    ("latency_mean_s", "mean s"),
+    ("latency_p50_s", "P50 s"),
+    ("latency_p90_s", "P90 s"),
+    ("latency_p99_s", "P99 s"),
+    ("throughput_rps", "req/s"),
+    ("cost_usd", "cost $"),
+    ("num_reconfigurations", "reconf"),
+]
 
 
 def markdown_table(summaries: list[Summary]) -> str:

@@ -58,8 +58,15 @@ class _State:
 class Simulator:
     """Replays `trace` and `arrivals` under `controller`; `run()` returns a `RunRecord`."""
 
-    def __init__(self, *, trace: AvailabilityTrace, arrivals: list[Arrival], controller: SpotController,
-                 profile: LatencyProfile, config: SimulationConfig) -> None:
+    def __init__(
+        self,
+        *,
+        trace: AvailabilityTrace,
+        arrivals: list[Arrival],
+        controller: SpotController,
+        profile: LatencyProfile,
+        config: SimulationConfig,
+    ) -> None:
         self.trace, self.controller, self.profile, self.cfg = trace, controller, profile, config
         self.requests = [SimRequest(a) for a in arrivals if a.time_s < trace.end_s]
         self.queue: deque[SimRequest] = deque()
@@ -113,8 +120,15 @@ class Simulator:
             inflight[r.rid] = max(len(reqs), self.cfg.max_batch_size) * (prompt + self.cfg.output_len)
             progress[r.rid] = committed
         instances = tuple(list(self.state.alive) + [i for i in self.state.ondemand if i not in self.state.alive])
-        return ClusterView(now_s=self.now, instances=instances, dying=dict(self.state.dying), inflight_tokens=inflight,
-                           progress=progress, required_rate=self.rate, is_initial=is_initial)
+        return ClusterView(
+            now_s=self.now,
+            instances=instances,
+            dying=dict(self.state.dying),
+            inflight_tokens=inflight,
+            progress=progress,
+            required_rate=self.rate,
+            is_initial=is_initial,
+        )
 
     # -- trace events ------------------------------------------------------------------------
     def _on_add(self, ev) -> None:
@@ -176,10 +190,20 @@ class Simulator:
         ids, new ones serve from their `ready_at`; old replicas that stop drain until `stop_by`,
         when their interrupted batches are handed over (`_on_handover`)."""
         old = self.replicas
-        carried = {src: r for r, src in rc.replica_map.items()
-                   if src is not None and src in old and src not in rc.stop_replicas}
-        self.record.reconfigurations.append((self.now, rc.new_config.short() if rc.new_config else "none", rc.mode,
-                                             rc.migration.est_s if rc.migration else 0.0, len(carried)))
+        carried = {
+            src: r
+            for r, src in rc.replica_map.items()
+            if src is not None and src in old and src not in rc.stop_replicas
+        }
+        self.record.reconfigurations.append(
+            (
+                self.now,
+                rc.new_config.short() if rc.new_config else "none",
+                rc.mode,
+                rc.migration.est_s if rc.migration else 0.0,
+                len(carried),
+            )
+        )
         self.blocked_until = max(rc.blocks_until, rc.stop_by, self.now)
         if not self.cfg.ondemand_fleet:
             self._sync_ondemand(rc.ondemand_instances)
@@ -285,9 +309,13 @@ class Simulator:
                     # NOTE: admit only what finishes before the stop, unless the replica's batch will
                     # resume on migrated KV (then every token it commits is kept): a batch that is
                     # recomputed or restarted would waste the work a continuing replica could do.
-                    probe = BatchProgress(start_s=self.now, committed_at_start=head, output_len=self.cfg.output_len,
-                                          latency=self._latency(rep.config, b), prefill_scale=(
-                                              self.queue[0].arrival.prompt_len + head) / self.profile.profiled_input_len)
+                    probe = BatchProgress(
+                        start_s=self.now,
+                        committed_at_start=head,
+                        output_len=self.cfg.output_len,
+                        latency=self._latency(rep.config, b),
+                        prefill_scale=(self.queue[0].arrival.prompt_len + head) / self.profile.profiled_input_len,
+                    )
                     d = plan_stop(probe, now=self.now, stop_by=rep.stop_by)
                     if not d.finishes and (rep.stop_mode != "migrate_kv" or d.committed == head):
                         continue
@@ -295,15 +323,21 @@ class Simulator:
                 self._start(rep, reqs, head, with_prefill=True)
 
     def _latency(self, c: ParallelConfig, batch_size: int):
-        return self.profile.batch_latency(tp=c.tp, pp=c.pp, batch_size=batch_size, prefill_micro=c.prefill_micro,
-                                          decode_micro=c.decode_micro)
+        return self.profile.batch_latency(
+            tp=c.tp, pp=c.pp, batch_size=batch_size, prefill_micro=c.prefill_micro, decode_micro=c.decode_micro
+        )
 
     def _start(self, rep: SimReplica, reqs: list[SimRequest], committed: int, *, with_prefill: bool) -> None:
         lat = self._latency(rep.config, len(reqs))
         prompt = reqs[0].arrival.prompt_len
-        progress = BatchProgress(start_s=self.now, committed_at_start=committed, output_len=self.cfg.output_len,
-                                 latency=lat, with_prefill=with_prefill,
-                                 prefill_scale=(prompt + committed) / self.profile.profiled_input_len)
+        progress = BatchProgress(
+            start_s=self.now,
+            committed_at_start=committed,
+            output_len=self.cfg.output_len,
+            latency=lat,
+            with_prefill=with_prefill,
+            prefill_scale=(prompt + committed) / self.profile.profiled_input_len,
+        )
         rep.batch = SimBatch(reqs, progress, next(self._tokens))
         self._push(progress.finish_s, _BATCH, "batch_done", (rep, rep.batch.token))
         if rep.stopping and rep.stop_by is not None:

@@ -153,8 +153,9 @@ def load_segment_trace(path: str | Path) -> AvailabilityTrace:
             nodes = tuple(str(n) for n in info.get("nodes", []))
             rate = info.get("required_tpt")
         except (ValueError, TypeError, AttributeError):
-            raise InvalidInputError(f"{path}:{lineno}: expected [ms, op, {{\"nodes\": [...]}}], got {line!r}",
-                                    param="trace") from None
+            raise InvalidInputError(
+                f'{path}:{lineno}: expected [ms, op, {{"nodes": [...]}}], got {line!r}', param="trace"
+            ) from None
         if op in ("add", "remove"):
             if nodes:
                 events.append(AvailabilityEvent(time_s=t, kind=op, instance_ids=nodes))
@@ -198,8 +199,9 @@ def load_skypilot_trace(path: str | Path) -> AvailabilityTrace:
         gap = float(raw["metadata"]["gap_seconds"])
         counts = [int(x) for x in raw["data"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidInputError(f"{path}: expected SkyPilot JSON with gap_seconds and data ({exc})",
-                                param="trace") from None
+        raise InvalidInputError(
+            f"{path}: expected SkyPilot JSON with gap_seconds and data ({exc})", param="trace"
+        ) from None
     return counts_to_trace(counts, gap, source=str(path))
 
 
@@ -214,8 +216,9 @@ def load_trace(path: str | Path) -> AvailabilityTrace:
     return load_csv_trace(path)
 
 
-def synthetic_trace(*, initial: int, duration_s: float, mean_lifetime_s: float, mean_gap_s: float,
-                    max_instances: int, seed: int = 0) -> AvailabilityTrace:
+def synthetic_trace(
+    *, initial: int, duration_s: float, mean_lifetime_s: float, mean_gap_s: float, max_instances: int, seed: int = 0
+) -> AvailabilityTrace:
     """Seeded synthetic availability: `initial` instances at t=0; each lives Exp(mean_lifetime);
     new instances arrive as a Poisson process (mean gap) while fewer than `max_instances` live."""
     if initial < 0 or max_instances <= 0 or initial > max_instances:

@@ -71,7 +71,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # unpickling errors come in many types
         raise InvalidInputError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise InvalidInputError(
-            f"{path} is not an ember train checkpoint (format {FORMAT_VERSION})"
-        )
+        raise InvalidInputError(f"{path} is not an ember train checkpoint (format {FORMAT_VERSION})")
     return payload

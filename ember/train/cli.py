@@ -26,8 +26,7 @@ _RUN_FLAGS = (
     ("--export-dir", "where to write the HF checkpoint (default: <out>/hf)"),
     ("--cache-dir", "corpus/tokenizer/token cache (default: $EMBER_CACHE/train)"),
     ("--distill-from", "teacher HF checkpoint: add the KL to its distribution to the loss"),
-    ("--plan", "hybrid-parallel plan JSON (`ember plan`); run under torchrun, one rank per "
-               "device of the plan"),
+    ("--plan", "hybrid-parallel plan JSON (`ember plan`); run under torchrun, one rank per device of the plan"),
 )
 _RUN_SWITCHES = (
     ("--resume", "continue from the newest checkpoint in --out"),
@@ -54,9 +53,7 @@ def register(subparsers) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         if _field_type(f) is bool:
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
     parser.set_defaults(func=run_train)
@@ -102,9 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
             "tokenizer_dir": str(data.tokenizer_dir),
             "vocab_size": data.vocab_size,
             "num_tokens": num_tokens,
-            "bytes_per_token": {
-                s: data.corpus.num_bytes(s) / max(n, 1) for s, n in num_tokens.items()
-            },
+            "bytes_per_token": {s: data.corpus.num_bytes(s) / max(n, 1) for s, n in num_tokens.items()},
             "num_params": recipe.model.num_params(data.vocab_size),
         }
         print(json.dumps(stats, indent=2))
@@ -115,8 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
     if fit.last_eval is not None:
         val = f"{fit.last_eval.loss:.4f} (ppl {fit.last_eval.perplexity:.2f})"
     print(f"{recipe.name}: stopped ({fit.stop_reason}) at step {fit.step}; val loss {val}")
-    print(f"exported to {result.export_dir}; "
-          f"try: ember generate --model {result.export_dir} 'def '")
+    print(f"exported to {result.export_dir}; try: ember generate --model {result.export_dir} 'def '")
     return 0
 
 

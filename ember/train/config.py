@@ -37,17 +37,24 @@ class ModelShape:
     init_std: float = 0.02
 
     def __post_init__(self):
-        _check_positive(self, ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                               "intermediate_size", "max_position_embeddings", "rope_theta",
-                               "norm_eps", "init_std"))
+        _check_positive(
+            self,
+            (
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "num_kv_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "rope_theta",
+                "norm_eps",
+                "init_std",
+            ),
+        )
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size}"
-            )
+            raise ValueError(f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"
-            )
+            raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
 
     @property
     def head_dim(self) -> int:
@@ -114,9 +121,20 @@ class TrainConfig:
     distill_temperature: float = _doc("softmax temperature of distillation", 1.0)
 
     def __post_init__(self):
-        _check_positive(self, ("seq_len", "batch_size", "grad_accum", "max_steps", "lr",
-                               "eval_tokens", "log_interval", "vocab_size",
-                               "distill_temperature"))
+        _check_positive(
+            self,
+            (
+                "seq_len",
+                "batch_size",
+                "grad_accum",
+                "max_steps",
+                "lr",
+                "eval_tokens",
+                "log_interval",
+                "vocab_size",
+                "distill_temperature",
+            ),
+        )
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -128,14 +146,9 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(
-                f"weight_decay={self.weight_decay} and grad_clip={self.grad_clip} "
-                "must be non-negative"
-            )
+            raise ValueError(f"weight_decay={self.weight_decay} and grad_clip={self.grad_clip} must be non-negative")
         if self.warmup_steps >= self.max_steps:
-            raise ValueError(
-                f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}"
-            )
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}")
 
@@ -156,8 +169,7 @@ class Recipe:
     def __post_init__(self):
         if self.train.seq_len > self.model.max_position_embeddings:
             raise ValueError(
-                f"seq_len={self.train.seq_len} exceeds "
-                f"max_position_embeddings={self.model.max_position_embeddings}"
+                f"seq_len={self.train.seq_len} exceeds max_position_embeddings={self.model.max_position_embeddings}"
             )
 
     def replace_train(self, **overrides: Any) -> Recipe:

@@ -21,9 +21,7 @@ from ember.errors import InvalidInputError
 Split = Literal["train", "val"]
 
 # Test suites, installed third-party packages and byte-code are not "the standard library".
-EXCLUDED_DIRS = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-)
+EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
 
 def stdlib_root() -> Path:
@@ -114,11 +112,7 @@ def build_corpus(root: str | Path | None = None, *, val_fraction: float = 0.02) 
         except UnicodeDecodeError:
             num_skipped += 1
             continue
-        files.append(
-            CorpusFile(
-                relpath=relpath, split=split_of(relpath, val_fraction), num_bytes=len(data)
-            )
-        )
+        files.append(CorpusFile(relpath=relpath, split=split_of(relpath, val_fraction), num_bytes=len(data)))
         digest.update(relpath.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
     if not files:
         raise InvalidInputError(f"corpus root {str(root)!r} holds no (non-test) .py files")

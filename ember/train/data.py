@@ -31,26 +31,19 @@ def tokenize_split(corpus: Corpus, split: Split, tokenizer_dir: Path) -> np.ndar
     pieces: list[np.ndarray] = []
     texts = list(corpus.texts(split))
     for start in range(0, len(texts), _ENCODE_BATCH):
-        encodings = tokenizer.encode_batch(
-            texts[start : start + _ENCODE_BATCH], add_special_tokens=False
-        )
+        encodings = tokenizer.encode_batch(texts[start : start + _ENCODE_BATCH], add_special_tokens=False)
         for encoding in encodings:
             pieces.append(np.asarray([eos, *encoding.ids], dtype=np.uint16))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
 
-def cached_token_arrays(
-    corpus: Corpus, tokenizer_dir: Path, cache_root: Path
-) -> dict[Split, np.ndarray]:
+def cached_token_arrays(corpus: Corpus, tokenizer_dir: Path, cache_root: Path) -> dict[Split, np.ndarray]:
     """``{"train": ..., "val": ...}`` uint16 streams, tokenized once and cached.
 
     Keyed by the Python version, the corpus fingerprint and the tokenizer hash; the arrays
     are memory-mapped on later calls.
     """
-    key = (
-        f"py{corpus.python_version}-{corpus.fingerprint[:12]}"
-        f"-tok{tokenizer_hash(tokenizer_dir)[:12]}"
-    )
+    key = f"py{corpus.python_version}-{corpus.fingerprint[:12]}-tok{tokenizer_hash(tokenizer_dir)[:12]}"
     folder = cache_root / "tokens" / key
     arrays: dict[Split, np.ndarray] = {}
     for split in ("train", "val"):
@@ -95,8 +88,7 @@ class TrainBatches:
         self.seed = seed
         if self.batches_per_epoch(0) < 1:
             raise ValueError(
-                f"the training split has {tokens.size} tokens, too few for one batch of "
-                f"{batch_size} x {seq_len + 1}"
+                f"the training split has {tokens.size} tokens, too few for one batch of {batch_size} x {seq_len + 1}"
             )
         self.position = DataPosition()
         self._epoch_plan: tuple[int, int, np.ndarray] | None = None  # (epoch, offset, order)
@@ -143,7 +135,4 @@ def val_batches(
     num_windows = min(tokens.size // window, max(max_tokens // seq_len, 1))
     rows = np.asarray(tokens[: num_windows * window]).astype(np.int64).reshape(-1, window)
     rows = torch.from_numpy(rows)
-    return [
-        (rows[i : i + batch_size, :-1], rows[i : i + batch_size, 1:])
-        for i in range(0, num_windows, batch_size)
-    ]
+    return [(rows[i : i + batch_size, :-1], rows[i : i + batch_size, 1:]) for i in range(0, num_windows, batch_size)]

@@ -40,26 +40,24 @@ def export_hf(
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     eos = tokenizer.token_to_id(EOS_TOKEN)
     im_end = tokenizer.token_to_id("<|im_end|>")
-    config = shape.hf_config(
-        vocab_size=model.config.vocab_size, bos_token_id=eos, eos_token_id=eos
-    )
+    config = shape.hf_config(vocab_size=model.config.vocab_size, bos_token_id=eos, eos_token_id=eos)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        weights = {
-            name: tensor.detach().to(dtype).contiguous()
-            for name, tensor in model.hf_state_dict().items()
-        }
+        weights = {name: tensor.detach().to(dtype).contiguous() for name, tensor in model.hf_state_dict().items()}
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         _write_json(staging / "config.json", config)
-        _write_json(staging / "generation_config.json", {
-            "bos_token_id": eos,
-            "eos_token_id": [eos] if im_end is None else [eos, im_end],
-            "pad_token_id": eos,
-        })  # fmt: skip
+        _write_json(
+            staging / "generation_config.json",
+            {
+                "bos_token_id": eos,
+                "eos_token_id": [eos] if im_end is None else [eos, im_end],
+                "pad_token_id": eos,
+            },
+        )
         for name in TOKENIZER_FILES:
             shutil.copyfile(tokenizer_dir / name, staging / name)
         tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text("utf-8"))

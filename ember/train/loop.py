@@ -104,11 +104,18 @@ def fit(
                 slowest = max(slowest, result.seconds)
                 tokens_per_s = result.num_tokens / result.seconds
                 bar.update(1)
-                bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{result.lr:.1e}",
-                                tok_s=f"{tokens_per_s:.0f}", refresh=False)  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{result.loss:.3f}", lr=f"{result.lr:.1e}", tok_s=f"{tokens_per_s:.0f}", refresh=False
+                )
                 if trainer.step % config.log_interval == 0 or trainer.step == 1:
-                    record({**result._asdict(), "tokens_per_s": tokens_per_s,
-                            "tokens_seen": trainer.tokens_seen, "elapsed_s": trainer.elapsed_s})
+                    record(
+                        {
+                            **result._asdict(),
+                            "tokens_per_s": tokens_per_s,
+                            "tokens_seen": trainer.tokens_seen,
+                            "elapsed_s": trainer.elapsed_s,
+                        }
+                    )
                 is_last = trainer.step in (config.max_steps, stop_at_step)  # saved below
                 if not is_last and _every(trainer.step, config.eval_interval):
                     last_eval, eval_seconds = _evaluate(trainer, bar, record)
@@ -133,7 +140,14 @@ def _evaluate(trainer: Trainer, bar, record) -> tuple[EvalResult | None, float]:
     result = trainer.evaluate()
     seconds = time.perf_counter() - start
     if result is not None:
-        record({"step": trainer.step, "val_loss": result.loss, "val_ppl": result.perplexity,
-                "val_tokens": result.num_tokens, "seconds": seconds})
+        record(
+            {
+                "step": trainer.step,
+                "val_loss": result.loss,
+                "val_ppl": result.perplexity,
+                "val_tokens": result.num_tokens,
+                "seconds": seconds,
+            }
+        )
         bar.write(f"step {trainer.step}: val loss {result.loss:.4f}, ppl {result.perplexity:.2f}")
     return result, seconds

@@ -19,7 +19,9 @@ from ember.train.data import val_batches
 
 
 @torch.inference_mode()
-def evaluate(model_dir: Path, val_tokens, *, target_dir: Path | None = None, seq_len: int = 512, max_tokens: int = 32768) -> dict:
+def evaluate(
+    model_dir: Path, val_tokens, *, target_dir: Path | None = None, seq_len: int = 512, max_tokens: int = 32768
+) -> dict:
     model = load_model(str(model_dir), dtype="float32").module
     target = load_model(str(target_dir), dtype="float32").module if target_dir else None
     loss_sum = count = top1 = top5 = 0.0
@@ -53,7 +55,11 @@ def write_card(model_dir: Path, *, name: str, command: str, figures: dict, train
     loss_label = "train loss"
     if info.get("distilled_from"):
         alpha = info.get("recipe", {}).get("train", {}).get("distill_alpha")
-        loss_label = f"train objective ({1 - alpha:.1f} x CE + {alpha:.1f} x KL to the teacher)" if alpha is not None else "train objective (CE + KL to the teacher)"
+        loss_label = (
+            f"train objective ({1 - alpha:.1f} x CE + {alpha:.1f} x KL to the teacher)"
+            if alpha is not None
+            else "train objective (CE + KL to the teacher)"
+        )
     lines = [
         f"# {name}",
         "",
@@ -64,7 +70,8 @@ def write_card(model_dir: Path, *, name: str, command: str, figures: dict, train
         "| | |",
         "|---|---|",
         f"| parameters | {params / 1e6:.1f} M ({config['num_hidden_layers']} layers x {config['hidden_size']}, "
-        f"{config['num_attention_heads']} heads / {config['num_key_value_heads']} KV heads, vocab {config['vocab_size']}, tied embeddings) |",
+        f"{config['num_attention_heads']} heads / {config['num_key_value_heads']} KV heads, "
+        f"vocab {config['vocab_size']}, tied embeddings) |",
         f"| context | {config['max_position_embeddings']} tokens |",
         f"| training command | `{command}` |",
         f"| steps | {info.get('step')} |",
@@ -78,8 +85,12 @@ def write_card(model_dir: Path, *, name: str, command: str, figures: dict, train
             f"| greedy agreement with ember-tiny (validation) | top-1 {figures['top1_agreement']:.1%}, "
             f"top-5 {figures['top5_agreement']:.1%} |"
         )
-    lines += ["", "Weights: bf16 safetensors. Load with `LLM(model=\"" + name + "\")` or "
-              "`transformers.AutoModelForCausalLM.from_pretrained(path)`.", ""]
+    lines += [
+        "",
+        'Weights: bf16 safetensors. Load with `LLM(model="' + name + '")` or '
+        "`transformers.AutoModelForCausalLM.from_pretrained(path)`.",
+        "",
+    ]
     card = model_dir / "MODEL_CARD.md"
     card.write_text("\n".join(lines))
     return card

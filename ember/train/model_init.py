@@ -18,9 +18,7 @@ def build_model(
 
     Same arguments, same weights: the init draws from its own generator, not the global one.
     """
-    hf_config = shape.hf_config(
-        vocab_size=vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id
-    )
+    hf_config = shape.hf_config(vocab_size=vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
     config = ModelArchConfig.from_hf(hf_config)
     # NOTE: built on meta and materialized once, so the default init (overwritten below)
     # costs nothing.

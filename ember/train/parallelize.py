@@ -51,13 +51,10 @@ def check_plan_fits(plan: Plan, model: nn.Module) -> None:
     """Raise ValueError if ``plan`` cannot run ``model`` (layer count, TP degrees)."""
     attn = model.decoder_layers[0].self_attn
     inter = model.decoder_layers[0].mlp.down_proj.in_features
-    plan.check_model(num_layers=len(model.decoder_layers),
-                     tp_limit=tp_limit(attn.num_heads, attn.num_kv_heads, inter))  # fmt: skip
+    plan.check_model(num_layers=len(model.decoder_layers), tp_limit=tp_limit(attn.num_heads, attn.num_kv_heads, inter))
 
 
-def parallelize(
-    model: nn.Module, plan: Plan, mesh: PlanMesh, *, autocast_dtype=None, meter=None
-) -> ParallelModel:
+def parallelize(model: nn.Module, plan: Plan, mesh: PlanMesh, *, autocast_dtype=None, meter=None) -> ParallelModel:
     """Carve and wrap ``model`` (a full ``LlamaForCausalLM``, same weights on every rank)
     for this rank of ``plan``. The unused parts of ``model`` are dropped."""
     check_plan_fits(plan, model)
@@ -96,11 +93,16 @@ def parallelize(
             grad_sync.add_bucket(list(layer.parameters()), mesh.dp_mesh(s.tp).get_group())
 
     stage_module = StageModule(
-        mesh=mesh, layers=layers, layer_tps=[s.tp for s in strategies],
-        rotary=model.model.rotary_emb, embed=embed,
-        norm=model.model.norm if is_last else None, head=head,
-        autocast_dtype=autocast_dtype, meter=meter,
-    )  # fmt: skip
+        mesh=mesh,
+        layers=layers,
+        layer_tps=[s.tp for s in strategies],
+        rotary=model.model.rotary_emb,
+        embed=embed,
+        norm=model.model.norm if is_last else None,
+        head=head,
+        autocast_dtype=autocast_dtype,
+        meter=meter,
+    )
     outer = [p for name, p in stage_module.named_parameters() if not name.startswith("layers.")]
     grad_sync.add_bucket(outer, mesh.stage_group if plan.devices_per_stage > 1 else None)
     tie_copy = None
@@ -125,8 +127,6 @@ def build_optimizer(parallel: ParallelModel, config) -> torch.optim.AdamW:
         key = (p.dim() >= 2, None if mesh is None else id(mesh))
         groups.setdefault(key, []).append(p)
     param_groups = [
-        {"params": ps, "weight_decay": config.weight_decay if decay else 0.0}
-        for (decay, _), ps in groups.items()
+        {"params": ps, "weight_decay": config.weight_decay if decay else 0.0} for (decay, _), ps in groups.items()
     ]
-    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(config.beta1, config.beta2),
-                             eps=1e-8, foreach=True)  # fmt: skip
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, foreach=True)

@@ -22,12 +22,16 @@ def ember_tiny() -> Recipe:
     return Recipe(
         name="ember-tiny",
         description="Llama 8 x 512 (GQA 8/4), 23M params, ctx 1024; the target model",
-        model=ModelShape(
-            hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1024
-        ),
+        model=ModelShape(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1024),
         train=TrainConfig(
-            batch_size=4, grad_accum=2, max_steps=300, lr=2e-3, warmup_steps=30,
-            eval_interval=50, checkpoint_interval=25, compile=True,
+            batch_size=4,
+            grad_accum=2,
+            max_steps=300,
+            lr=2e-3,
+            warmup_steps=30,
+            eval_interval=50,
+            checkpoint_interval=25,
+            compile=True,
         ),
     )
 
@@ -37,12 +41,17 @@ def ember_draft_a() -> Recipe:
     return Recipe(
         name="ember-draft-a",
         description="Llama 4 x 192 (MQA), 3.2M params, ctx 1024; draft for speculation",
-        model=ModelShape(
-            hidden_size=192, num_layers=4, num_heads=3, num_kv_heads=1, intermediate_size=512
-        ),
+        model=ModelShape(hidden_size=192, num_layers=4, num_heads=3, num_kv_heads=1, intermediate_size=512),
         train=TrainConfig(
-            batch_size=8, grad_accum=1, max_steps=700, lr=3e-3, warmup_steps=50,
-            eval_interval=100, checkpoint_interval=100, compile=True, seed=1,
+            batch_size=8,
+            grad_accum=1,
+            max_steps=700,
+            lr=3e-3,
+            warmup_steps=50,
+            eval_interval=100,
+            checkpoint_interval=100,
+            compile=True,
+            seed=1,
         ),
     )
 
@@ -53,12 +62,17 @@ def ember_draft_b() -> Recipe:
     return Recipe(
         name="ember-draft-b",
         description="Llama 2 x 256 (GQA 4/2), 3.6M params, ctx 1024; second draft",
-        model=ModelShape(
-            hidden_size=256, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=704
-        ),
+        model=ModelShape(hidden_size=256, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=704),
         train=TrainConfig(
-            batch_size=8, grad_accum=1, max_steps=700, lr=3e-3, warmup_steps=50,
-            eval_interval=100, checkpoint_interval=100, compile=True, seed=2,
+            batch_size=8,
+            grad_accum=1,
+            max_steps=700,
+            lr=3e-3,
+            warmup_steps=50,
+            eval_interval=100,
+            checkpoint_interval=100,
+            compile=True,
+            seed=2,
         ),
     )
 
@@ -69,12 +83,24 @@ def ember_debug() -> Recipe:
         name="ember-debug",
         description="Llama 2 x 64, ctx 256; tests and smoke runs only",
         model=ModelShape(
-            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=128,
             max_position_embeddings=256,
         ),
         train=TrainConfig(
-            seq_len=64, batch_size=4, max_steps=20, lr=3e-3, warmup_steps=2, eval_interval=10,
-            eval_tokens=1024, checkpoint_interval=10, log_interval=1, vocab_size=512,
+            seq_len=64,
+            batch_size=4,
+            max_steps=20,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_interval=10,
+            eval_tokens=1024,
+            checkpoint_interval=10,
+            log_interval=1,
+            vocab_size=512,
             val_fraction=0.2,
         ),
     )

@@ -85,9 +85,11 @@ def prepare_data(recipe: Recipe, options: RunOptions) -> PreparedData:
     tokenizer_dir = options.tokenizer_dir
     if tokenizer_dir is None:
         tokenizer_dir = cached_tokenizer(
-            corpus, recipe.train.vocab_size, cache_root,
+            corpus,
+            recipe.train.vocab_size,
+            cache_root,
             model_max_length=recipe.model.max_position_embeddings,
-        )  # fmt: skip
+        )
     else:
         missing = [n for n in TOKENIZER_FILES if not (tokenizer_dir / n).is_file()]
         if missing:
@@ -111,26 +113,31 @@ def prepare_data(recipe: Recipe, options: RunOptions) -> PreparedData:
     )
 
 
-def build_trainer(
-    recipe: Recipe, data: PreparedData, *, distill_from: Path | None = None
-) -> Trainer:
+def build_trainer(recipe: Recipe, data: PreparedData, *, distill_from: Path | None = None) -> Trainer:
     """The model, batches and objective of ``recipe`` over ``data``, at step 0."""
     config = recipe.train
     model = build_model(
-        recipe.model, vocab_size=data.vocab_size, bos_token_id=data.eos_token_id,
-        eos_token_id=data.eos_token_id, seed=config.seed,
-    )  # fmt: skip
+        recipe.model,
+        vocab_size=data.vocab_size,
+        bos_token_id=data.eos_token_id,
+        eos_token_id=data.eos_token_id,
+        seed=config.seed,
+    )
     try:
         batches = TrainBatches(
-            data.tokens["train"], seq_len=config.seq_len, batch_size=config.batch_size,
+            data.tokens["train"],
+            seq_len=config.seq_len,
+            batch_size=config.batch_size,
             seed=config.seed,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     val = val_batches(
-        data.tokens["val"], seq_len=config.seq_len, batch_size=config.batch_size,
+        data.tokens["val"],
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
         max_tokens=config.eval_tokens,
-    )  # fmt: skip
+    )
     objective = None
     if distill_from is not None:
         objective = _distill_objective(model, data, distill_from, config)
@@ -144,8 +151,7 @@ def run_training(recipe: Recipe, options: RunOptions) -> RunResult:
     checkpoints = list_checkpoints(out_dir)
     if checkpoints and not options.resume:
         raise InvalidInputError(
-            f"{out_dir} already holds checkpoints; pass --resume to continue that run, "
-            "or choose another --out"
+            f"{out_dir} already holds checkpoints; pass --resume to continue that run, or choose another --out"
         )
     if options.resume and not checkpoints:
         raise InvalidInputError(f"--resume: no checkpoints under {out_dir}/checkpoints")
@@ -168,10 +174,13 @@ def run_training(recipe: Recipe, options: RunOptions) -> RunResult:
         return save_checkpoint(out_dir, trainer.step, {**trainer.state_dict(), **extra})
 
     result = fit(
-        trainer, save=save, metrics_file=out_dir / "metrics.jsonl",
-        max_minutes=options.max_minutes, stop_at_step=options.stop_at_step,
+        trainer,
+        save=save,
+        metrics_file=out_dir / "metrics.jsonl",
+        max_minutes=options.max_minutes,
+        stop_at_step=options.stop_at_step,
         progress=options.progress,
-    )  # fmt: skip
+    )
     metadata = {
         "recipe": recipe.to_dict(),
         "step": trainer.step,
@@ -183,18 +192,19 @@ def run_training(recipe: Recipe, options: RunOptions) -> RunResult:
         "distilled_from": None if options.distill_from is None else str(options.distill_from),
     }
     export_dir = export_hf(
-        trainer.model, recipe.model, data.tokenizer_dir, options.export_dir or out_dir / "hf",
+        trainer.model,
+        recipe.model,
+        data.tokenizer_dir,
+        options.export_dir or out_dir / "hf",
         metadata=metadata,
-    )  # fmt: skip
+    )
     return RunResult(fit=result, export_dir=export_dir)
 
 
 def _check_resumable(state: dict, recipe: Recipe, tok_hash: str, path: Path) -> None:
     saved = Recipe.from_dict(state["recipe"])
     if saved.model != recipe.model:
-        raise InvalidInputError(
-            f"{path} was trained with model shape {saved.model}, not {recipe.model}"
-        )
+        raise InvalidInputError(f"{path} was trained with model shape {saved.model}, not {recipe.model}")
     changed = [
         f"{name}: {getattr(saved.train, name)!r} -> {getattr(recipe.train, name)!r}"
         for name in _DATA_FIELDS
@@ -219,9 +229,7 @@ def _distill_objective(model, data: PreparedData, teacher_path: Path, config):
             "a draft must share its target's tokenizer"
         )
     teacher = load_model(teacher_path, dtype="float32").module
-    return DistillLoss(
-        model, teacher, alpha=config.distill_alpha, temperature=config.distill_temperature
-    )
+    return DistillLoss(model, teacher, alpha=config.distill_alpha, temperature=config.distill_temperature)
 
 
 def _default_cache_root() -> Path:
@@ -236,4 +244,3 @@ def with_overrides(recipe: Recipe, overrides: dict) -> Recipe:
         return recipe.replace_train(**overrides)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(str(exc)) from None
-

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ember.errors import InvalidInputError
-from ember.train.corpus import Corpus
 from ember.models.tokenizer import CHATML_TEMPLATE
+from ember.train.corpus import Corpus
 
 EOS_TOKEN = "<|endoftext|>"  # end of a document, document separator, and BOS
 SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
@@ -41,9 +41,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
     num_bytes = 256 + len(SPECIAL_TOKENS)
     if not num_bytes < vocab_size <= MAX_VOCAB_SIZE:
-        raise InvalidInputError(
-            f"vocab_size={vocab_size} must be in ({num_bytes}, {MAX_VOCAB_SIZE}]"
-        )
+        raise InvalidInputError(f"vocab_size={vocab_size} must be in ({num_bytes}, {MAX_VOCAB_SIZE}]")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -87,9 +85,7 @@ def tokenizer_hash(path: str | Path) -> str:
     return hashlib.sha256((Path(path) / "tokenizer.json").read_bytes()).hexdigest()
 
 
-def cached_tokenizer(
-    corpus: Corpus, vocab_size: int, cache_root: Path, *, model_max_length: int = 1024
-) -> Path:
+def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_root: Path, *, model_max_length: int = 1024) -> Path:
     """The folder of the tokenizer trained on ``corpus``'s train split, training it once.
 
     Keyed by the corpus fingerprint and ``vocab_size``, so the target and its drafts (same

@@ -115,7 +115,7 @@ class Trainer:
         try:
             return self.objective(input_ids, labels)
         except Exception as exc:  # inductor/dynamo raise many types
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly")
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
             self.objective = self._eager_objective
             return self.objective(input_ids, labels)
 
@@ -141,9 +141,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "data": self.train_batches.state_dict(),
-            "trainer": {"step": self.step, "tokens_seen": self.tokens_seen,
-                        "elapsed_s": self.elapsed_s},
-        }  # fmt: skip
+            "trainer": {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed_s},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

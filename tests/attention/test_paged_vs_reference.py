@@ -83,9 +83,15 @@ def test_reference_matches_dense_causal_attention():
     """One request, no cache reuse: the reference equals plain causal attention."""
     torch.manual_seed(0)
     q, k, v = torch.randn(9, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8)
-    (cache,) = allocate_kv_cache(num_layers=1, num_blocks=4, block_size=BLOCK, num_kv_heads=2, head_dim=8, dtype=torch.float32)
+    (cache,) = allocate_kv_cache(
+        num_layers=1, num_blocks=4, block_size=BLOCK, num_kv_heads=2, head_dim=8, dtype=torch.float32
+    )
     meta = build_attention_metadata(
-        query_lens=[9], positions=torch.arange(9), kv_lens=[9], block_tables=[[3, 0, 2]], block_size=BLOCK,
+        query_lens=[9],
+        positions=torch.arange(9),
+        kv_lens=[9],
+        block_tables=[[3, 0, 2]],
+        block_size=BLOCK,
         backend="reference",
     )
     got = attend(q, k, v, cache, meta, scale=8**-0.5)
@@ -97,16 +103,21 @@ def test_tree_queries_see_only_their_ancestors():
     """Changing a sibling branch's K/V must not change a query's output."""
     torch.manual_seed(0)
     # context of 4, then a tree: 0 -> (1, 2), 1 -> 3
-    depth, tree = [0, 1, 1, 2], torch.tensor(
-        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool
-    )
+    depth, tree = [0, 1, 1, 2], torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool)
     positions = torch.tensor([4 + d for d in depth])
     meta = build_attention_metadata(
-        query_lens=[4], positions=positions, storage_index=torch.arange(4, 8), kv_lens=[8],
-        block_tables=[[0, 1]], block_size=BLOCK, tree_masks=[tree],
+        query_lens=[4],
+        positions=positions,
+        storage_index=torch.arange(4, 8),
+        kv_lens=[8],
+        block_tables=[[0, 1]],
+        block_size=BLOCK,
+        tree_masks=[tree],
     )
     q, k, v = torch.randn(4, 2, 8), torch.randn(4, 2, 8), torch.randn(4, 2, 8)
-    (cache,) = allocate_kv_cache(num_layers=1, num_blocks=2, block_size=BLOCK, num_kv_heads=2, head_dim=8, dtype=torch.float32)
+    (cache,) = allocate_kv_cache(
+        num_layers=1, num_blocks=2, block_size=BLOCK, num_kv_heads=2, head_dim=8, dtype=torch.float32
+    )
     base = attend(q, k, v, cache, meta, scale=0.3)
     k2, v2 = k.clone(), v.clone()
     k2[2], v2[2] = 5.0, -5.0  # node 2 is not an ancestor of nodes 0, 1, 3

@@ -9,8 +9,9 @@ import torch
 
 pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and triton was imported before TRITON_INTERPRET=1 (tests/conftest.py sets it)",
-                allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        "no GPU and triton was imported before TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True
+    )
 
 from ember.attention import allocate_kv_cache, attend, build_attention_metadata  # noqa: E402
 
@@ -46,8 +47,15 @@ def multi_segment_step(rng: random.Random, num_reqs: int, num_blocks: int):
     storage = []
     for q_len, kv_len, pos, tree in zip(query_lens, kv_lens, _split(positions, query_lens), trees):
         storage += range(kv_len - q_len, kv_len) if tree is not None else pos
-    return dict(query_lens=query_lens, positions=torch.tensor(positions), storage_index=torch.tensor(storage),
-                kv_lens=kv_lens, block_tables=tables, block_size=BLOCK, tree_masks=trees)  # fmt: skip
+    return dict(
+        query_lens=query_lens,
+        positions=torch.tensor(positions),
+        storage_index=torch.tensor(storage),
+        kv_lens=kv_lens,
+        block_tables=tables,
+        block_size=BLOCK,
+        tree_masks=trees,
+    )
 
 
 def _split(values, lengths):
@@ -70,8 +78,14 @@ def test_triton_kernel_matches_reference(seed, heads, head_dim):
     q, k, v = (torch.randn(total, h, head_dim) for h in (num_heads, num_kv_heads, num_kv_heads))
     outputs = {}
     for backend in ("triton", "reference"):
-        (cache,) = allocate_kv_cache(num_layers=1, num_blocks=64, block_size=BLOCK, num_kv_heads=num_kv_heads,
-                                     head_dim=head_dim, dtype=torch.float32)  # fmt: skip
+        (cache,) = allocate_kv_cache(
+            num_layers=1,
+            num_blocks=64,
+            block_size=BLOCK,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            dtype=torch.float32,
+        )
         torch.manual_seed(1000 + seed)  # the same cached context (holes included) in both
         cache[0].normal_()
         cache[1].normal_()

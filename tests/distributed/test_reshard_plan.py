@@ -10,15 +10,33 @@ from ember.distributed.reshard import held_slice, plan_reshard
 from ember.distributed.shards import kv_specs, shard_slice, split_range, tensor_specs
 from ember.models.config import ModelArchConfig
 
-LLAMA = dict(architecture="LlamaForCausalLM", model_type="llama", vocab_size=37, hidden_size=16,
-             intermediate_size=24, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=4,
-             max_position_embeddings=32)  # fmt: skip
+LLAMA = dict(
+    architecture="LlamaForCausalLM",
+    model_type="llama",
+    vocab_size=37,
+    hidden_size=16,
+    intermediate_size=24,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=4,
+    max_position_embeddings=32,
+)
 ARCHS = {
     "llama_gqa": ModelArchConfig(**LLAMA),
     "llama_tied_bias": ModelArchConfig(**{**LLAMA, "tie_word_embeddings": True, "qkv_bias": True, "mlp_bias": True}),
     "mqa": ModelArchConfig(**{**LLAMA, "num_kv_heads": 1}),
-    "opt": ModelArchConfig(**{**LLAMA, "architecture": "OPTForCausalLM", "model_type": "opt", "num_kv_heads": 4,
-                              "hidden_act": "relu", "position_offset": 2, "word_embed_proj_dim": 8}),
+    "opt": ModelArchConfig(
+        **{
+            **LLAMA,
+            "architecture": "OPTForCausalLM",
+            "model_type": "opt",
+            "num_kv_heads": 4,
+            "hidden_act": "relu",
+            "position_offset": 2,
+            "word_embed_proj_dim": 8,
+        }
+    ),
 }
 LAYOUTS = [ParallelLayout(tp, pp) for tp in (1, 2, 4) for pp in (1, 2, 3)]
 
@@ -90,5 +108,8 @@ def test_kv_heads_replicate_when_fewer_than_ranks():
 def test_vocab_shards_are_clipped_to_the_real_rows():
     spec = tensor_specs(ARCHS["llama_gqa"])["lm_head.weight"]  # 37 rows over 4 ranks: 10 each
     assert [(shard_slice(spec, 4, r).start, shard_slice(spec, 4, r).stop) for r in range(4)] == [
-        (0, 10), (10, 20), (20, 30), (30, 37)
+        (0, 10),
+        (10, 20),
+        (20, 30),
+        (30, 37),
     ]

@@ -8,9 +8,18 @@ from ember.models.config import ModelArchConfig
 
 
 def arch(**overrides) -> ModelArchConfig:
-    base = dict(architecture="LlamaForCausalLM", model_type="llama", vocab_size=301, hidden_size=64,
-                intermediate_size=96, num_layers=5, num_heads=8, num_kv_heads=2, head_dim=8,
-                max_position_embeddings=64)  # fmt: skip
+    base = dict(
+        architecture="LlamaForCausalLM",
+        model_type="llama",
+        vocab_size=301,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=5,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+    )
     return ModelArchConfig(**{**base, **overrides})
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from engine_util import greedy, prompt_logits_in_two_chunks, random_prompts, run_checked
 
-from ember.distributed.worker import split_microbatches
 from ember.core.batch import ScheduledRequest
+from ember.distributed.worker import split_microbatches
 from ember.engine.llm import LLM
 
 NUM_NEW = 6

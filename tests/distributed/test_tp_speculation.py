@@ -11,7 +11,10 @@ def test_tree_speculation_over_tensor_parallel_ranks_is_lossless():
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     want = [o.outputs[0].token_ids for o in LLM(model="ember-tiny").generate(PROMPTS, params)]
     with LLM(
-        model="ember-tiny", tensor_parallel_size=2, speculative_models="ngram,ember-draft-b", speculative_expansion="2,1"
+        model="ember-tiny",
+        tensor_parallel_size=2,
+        speculative_models="ngram,ember-draft-b",
+        speculative_expansion="2,1",
     ) as llm:
         engine = llm.engine
         steps, copies = 0, 0

@@ -1,8 +1,8 @@
 """A request's greedy output does not depend on how the engine schedules it."""
 
 import pytest
-
 from engine_util import greedy, random_prompts, run_checked
+
 from ember.engine.llm import LLM
 
 PROMPTS = random_prompts(8, vocab=300, min_len=3, max_len=60, seed=3)

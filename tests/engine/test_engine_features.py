@@ -1,10 +1,10 @@
 """Sampling, stops, n > 1, streaming, abort and chat through the whole engine."""
 
 import pytest
-
 from engine_util import greedy, run_checked
-from ember.engine.llm import LLM
+
 from ember.core.sampling_params import SamplingParams
+from ember.engine.llm import LLM
 
 
 @pytest.fixture(scope="module")

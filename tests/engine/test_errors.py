@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from ember.core.sampling_params import SamplingParams
 from ember.engine.llm import LLM
 from ember.errors import InvalidInputError, ModelLoadError
-from ember.core.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,7 @@ def test_invalid_sampling_values():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ember.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "ember.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_requires_a_prompt():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from checkpoints import VARIANTS, load_hf
 from engine_util import greedy, prompt_logits_in_two_chunks, random_prompts, run_checked
+
 from ember.engine.llm import LLM
 
 NUM_NEW = 32

@@ -244,7 +244,5 @@ def test_prompt_logprobs_chunks_concatenate():
         assert whole[pos].token_id == prompt[pos]
         assert math.isclose(whole[pos].logprob, raw[pos - 1, prompt[pos]].item(), rel_tol=1e-6)
         assert [t for t, _ in whole[pos].top_logprobs] == raw[pos - 1].topk(2).indices.tolist()
-    chunks = prompt_logprobs(logits[:2], prompt, 2) + prompt_logprobs(
-        logits[2:], prompt, 2, start_position=2
-    )
+    chunks = prompt_logprobs(logits[:2], prompt, 2) + prompt_logprobs(logits[2:], prompt, 2, start_position=2)
     assert chunks == whole

@@ -2,8 +2,8 @@
 the cached blocks after them are reused as they are, and the output equals a cold run."""
 
 import pytest
-
 from engine_util import greedy, random_prompts, run_checked
+
 from ember.engine.llm import LLM
 
 BLOCK = 4

@@ -1,13 +1,13 @@
 """The latency model's fit, and the adaptive budget built on it."""
 
 import pytest
-
 from engine_util import greedy, random_prompts, run_checked
+
+from ember.core.request import Request
+from ember.core.sampling_params import SamplingParams
 from ember.engine.chunking import AdaptiveBudget
 from ember.engine.llm import LLM
-from ember.core.request import Request
 from ember.kvcache.cost_model import LatencyModel
-from ember.core.sampling_params import SamplingParams
 
 TRUE = LatencyModel(fixed_s=2e-3, per_token_s=1e-4, per_pair_s=2e-8)
 

@@ -4,11 +4,11 @@ integrity holds after every operation, and a block a request holds is never evic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ember.core.request import Request
-from ember.kvcache.cost_model import LatencyModel
 from ember.config import CacheConfig
-from ember.kvcache.factory import make_kv_cache_manager
+from ember.core.request import Request
 from ember.core.sampling_params import SamplingParams
+from ember.kvcache.cost_model import LatencyModel
+from ember.kvcache.factory import make_kv_cache_manager
 
 BLOCK = 2
 MODEL = LatencyModel(fixed_s=1e-3, per_token_s=1e-4, per_pair_s=1e-6)
@@ -33,7 +33,9 @@ def snapshot_held(manager) -> dict[str, list[int]]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=st.sampled_from(["asym", "lru", "lfu"]), operations=ops, num_blocks=st.integers(4, 12))
 def test_random_operations_keep_integrity(policy, operations, num_blocks):
-    manager = make_kv_cache_manager(CacheConfig(block_size=BLOCK, cache_policy=policy), num_blocks=num_blocks, recompute_cost=MODEL.recompute_cost)
+    manager = make_kv_cache_manager(
+        CacheConfig(block_size=BLOCK, cache_policy=policy), num_blocks=num_blocks, recompute_cost=MODEL.recompute_cost
+    )
     live: list[Request] = []
     counter = 0
     for op in operations:
@@ -78,7 +80,9 @@ def test_lru_never_leaves_holes_and_asym_may():
     early one (cheap to recompute at its position), and keeps the deeper ones reachable."""
     prompt = list(range(10))
     for policy, expect_holes in (("lru", False), ("asym", True)):
-        manager = make_kv_cache_manager(CacheConfig(block_size=BLOCK, cache_policy=policy), num_blocks=8, recompute_cost=MODEL.recompute_cost)
+        manager = make_kv_cache_manager(
+            CacheConfig(block_size=BLOCK, cache_policy=policy), num_blocks=8, recompute_cost=MODEL.recompute_cost
+        )
         req = Request(request_id="a", prompt_token_ids=prompt + [99], sampling_params=SamplingParams())
         manager.allocate_slots(req, req.num_tokens, manager.match_prefix(req))
         req.num_computed_tokens = req.num_tokens
@@ -110,7 +114,9 @@ def test_asym_keeps_what_the_waiting_queue_will_reuse():
     prompts = {name: [i * 10 + t for t in range(6)] + [99] for i, name in enumerate("ABC")}
     for policy, first_victim in (("asym", "B"), ("lru", "A")):
         # 3 full blocks + 1 partial each: 12 blocks hold all three without eviction
-        manager = make_kv_cache_manager(CacheConfig(block_size=BLOCK, cache_policy=policy), num_blocks=12, recompute_cost=MODEL.recompute_cost)
+        manager = make_kv_cache_manager(
+            CacheConfig(block_size=BLOCK, cache_policy=policy), num_blocks=12, recompute_cost=MODEL.recompute_cost
+        )
         for name in "ABC":
             cache_prompt(manager, name, prompts[name])
         queue = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from checkpoints import VARIANTS, build_hf_model
+
 from ember.attention import allocate_kv_cache, build_attention_metadata
 
 
@@ -48,9 +48,13 @@ def paged():
 
 def new_kv_caches(config, num_blocks: int = 16, block_size: int = 4, dtype=torch.float32):
     return allocate_kv_cache(
-        num_layers=config.num_layers, num_blocks=num_blocks, block_size=block_size,
-        num_kv_heads=config.num_kv_heads, head_dim=config.head_dim, dtype=dtype,
-    )  # fmt: skip
+        num_layers=config.num_layers,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        num_kv_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        dtype=dtype,
+    )
 
 
 def run_paged(module, config, seqs, schedule, block_tables, block_size: int = 4):

@@ -17,18 +17,32 @@ CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
 CHECKPOINT_DTYPES = [None, "float32", "bfloat16", "float16"]
 EXPLICIT = {
-    "float32": torch.float32, "fp32": torch.float32, torch.float32: torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, torch.bfloat16: torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, torch.float16: torch.float16,
-}  # fmt: skip
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    torch.float32: torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    torch.bfloat16: torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    torch.float16: torch.float16,
+}
 
 
 def _config(torch_dtype: str | None) -> ModelArchConfig:
     return ModelArchConfig(
-        architecture="LlamaForCausalLM", model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32,
-        num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, max_position_embeddings=32,
+        architecture="LlamaForCausalLM",
+        model_type="llama",
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        head_dim=8,
+        max_position_embeddings=32,
         torch_dtype=torch_dtype,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture

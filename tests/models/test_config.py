@@ -9,24 +9,45 @@ from ember.models.config import ModelArchConfig, RopeScaling
 from ember.models.registry import get_model_class, supported_architectures
 
 LLAMA = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 300,
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-}  # fmt: skip
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 300,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 
 
 def test_legacy_rope_keys_equal_transformers5_rope_parameters():
-    legacy = ModelArchConfig.from_hf({
-        **LLAMA, "rope_theta": 500000.0,
-        "rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
-    })  # fmt: skip
-    v5 = ModelArchConfig.from_hf({
-        **LLAMA,
-        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                            "original_max_position_embeddings": 32},
-    })  # fmt: skip
+    legacy = ModelArchConfig.from_hf(
+        {
+            **LLAMA,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        }
+    )
+    v5 = ModelArchConfig.from_hf(
+        {
+            **LLAMA,
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        }
+    )
     assert legacy == v5
     assert v5.rope_theta == 500000.0 and v5.rope_scaling.rope_type == "llama3"
 
@@ -42,17 +63,25 @@ def test_defaults_and_derived_values():
 
 
 def test_family_specific_fields():
-    qwen2 = ModelArchConfig.from_hf({**LLAMA, "model_type": "qwen2",
-                                     "architectures": ["Qwen2ForCausalLM"]})
+    qwen2 = ModelArchConfig.from_hf({**LLAMA, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]})
     assert qwen2.qkv_bias and not qwen2.o_proj_bias and not qwen2.qk_norm
-    qwen3 = ModelArchConfig.from_hf({**LLAMA, "model_type": "qwen3", "head_dim": 32,
-                                     "architectures": ["Qwen3ForCausalLM"]})
+    qwen3 = ModelArchConfig.from_hf(
+        {**LLAMA, "model_type": "qwen3", "head_dim": 32, "architectures": ["Qwen3ForCausalLM"]}
+    )
     assert qwen3.qk_norm and qwen3.head_dim == 32
-    opt = ModelArchConfig.from_hf({
-        "architectures": ["OPTForCausalLM"], "model_type": "opt", "vocab_size": 300,
-        "hidden_size": 64, "ffn_dim": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "do_layer_norm_before": False, "word_embed_proj_dim": 32,
-    })  # fmt: skip
+    opt = ModelArchConfig.from_hf(
+        {
+            "architectures": ["OPTForCausalLM"],
+            "model_type": "opt",
+            "vocab_size": 300,
+            "hidden_size": 64,
+            "ffn_dim": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "do_layer_norm_before": False,
+            "word_embed_proj_dim": 32,
+        }
+    )
     assert opt.intermediate_size == 256 and opt.embed_dim == 32 and opt.position_offset == 2
     assert not opt.has_final_layer_norm and opt.tie_word_embeddings and opt.hidden_act == "relu"
 
@@ -78,8 +107,11 @@ def test_invalid_configs_name_the_problem(overrides, match):
 
 def test_registry():
     assert set(supported_architectures()) == {
-        "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
         "OPTForCausalLM",
-    }  # fmt: skip
+    }
     with pytest.raises(ModelLoadError, match="'FooForCausalLM'.*OPTForCausalLM"):
         get_model_class("FooForCausalLM")

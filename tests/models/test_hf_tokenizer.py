@@ -72,9 +72,7 @@ def test_chat_template_matches_transformers(tok, hf_tok, add_generation_prompt):
         {"role": "assistant", "content": "Yes."},
         {"role": "user", "content": "Bye"},
     ]
-    expected = hf_tok.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    expected = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert tok.apply_chat_template(messages, add_generation_prompt) == expected
 
 
@@ -144,9 +142,11 @@ def test_multibyte_character_is_held_back_until_complete(tok):
 
 
 @settings(max_examples=80, deadline=None)
-@given(ids=st.lists(st.integers(min_value=0, max_value=383), max_size=24),
-       prompt=st.lists(st.integers(min_value=0, max_value=383), max_size=8),
-       skip=st.booleans())  # fmt: skip
+@given(
+    ids=st.lists(st.integers(min_value=0, max_value=383), max_size=24),
+    prompt=st.lists(st.integers(min_value=0, max_value=383), max_size=8),
+    skip=st.booleans(),
+)
 def test_random_id_streams_match_full_decode(tok, ids, prompt, skip):
     """Any id sequence, even invalid UTF-8 bytes and special tokens, streams to the same
     text as one decode (with a prompt that ends on a character boundary)."""

@@ -78,9 +78,13 @@ def test_greedy_paged_generation_equals_transformers_generate(name, hf_checkpoin
     num_new = 32
     with torch.no_grad():
         expected = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=num_new, min_new_tokens=0, do_sample=False,
-            eos_token_id=None, pad_token_id=0,
-        )[0, len(prompt):].tolist()  # fmt: skip
+            torch.tensor([prompt]),
+            max_new_tokens=num_new,
+            min_new_tokens=0,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
     assert len(expected) == num_new
 
     block_size, table = 4, list(range(15, 3, -1))
@@ -91,9 +95,12 @@ def test_greedy_paged_generation_equals_transformers_generate(name, hf_checkpoin
             start = len(tokens) - len(step_ids)
             positions = torch.arange(start, len(tokens))
             meta = build_attention_metadata(
-                query_lens=[len(step_ids)], positions=positions, kv_lens=[len(tokens)],
-                block_tables=[table], block_size=block_size,
-            )  # fmt: skip
+                query_lens=[len(step_ids)],
+                positions=positions,
+                kv_lens=[len(tokens)],
+                block_tables=[table],
+                block_size=block_size,
+            )
             hidden = module(torch.tensor(step_ids), positions, caches, meta)
             next_id = int(module.compute_logits(hidden[-1]).argmax())
             got.append(next_id)

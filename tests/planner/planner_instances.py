@@ -39,19 +39,30 @@ def random_profiles(rng: random.Random, *, num_layers: int, tp_degrees=(1, 2, 4)
         boundary_bytes_per_sample=16 * rng.randint(1, 20),
     )
     model = ModelProfile(
-        name="random", seq_len=8, hidden_size=8, vocab_size=16, num_layers=num_layers,
-        layer=layer, embed_params=64 * rng.randint(1, 8), head_params=8 * rng.randint(1, 40),
+        name="random",
+        seq_len=8,
+        hidden_size=8,
+        vocab_size=16,
+        num_layers=num_layers,
+        layer=layer,
+        embed_params=64 * rng.randint(1, 8),
+        head_params=8 * rng.randint(1, 40),
         tied_embeddings=tied,
-        embed_forward_s=curve(0.1), embed_backward_s=curve(0.2), head_forward_s=curve(0.3),
-        head_backward_s=curve(0.5), head_activation_bytes=curve(500.0, integer=True),
+        embed_forward_s=curve(0.1),
+        embed_backward_s=curve(0.2),
+        head_forward_s=curve(0.3),
+        head_backward_s=curve(0.5),
+        head_activation_bytes=curve(500.0, integer=True),
         optimizer_s_per_param=rng.uniform(0.0, 1e-3),
     )
     links = {
-        kind: {g: LinkCost(latency_s=rng.uniform(0, 0.05), seconds_per_byte=rng.uniform(0, 1e-4))
-               for g in (2, 4, 8)}
+        kind: {g: LinkCost(latency_s=rng.uniform(0, 0.05), seconds_per_byte=rng.uniform(0, 1e-4)) for g in (2, 4, 8)}
         for kind in COLLECTIVES
     }
-    hardware = HardwareProfile(name="random", links=links,
-                               overlap_slowdown=rng.uniform(1.0, 2.0),
-                               compute_slowdown={1: 1.0, 4: rng.uniform(1.0, 2.0)})
+    hardware = HardwareProfile(
+        name="random",
+        links=links,
+        overlap_slowdown=rng.uniform(1.0, 2.0),
+        compute_slowdown={1: 1.0, 4: rng.uniform(1.0, 2.0)},
+    )
     return model, hardware

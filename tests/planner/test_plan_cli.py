@@ -12,9 +12,22 @@ from ember.train.parallel.probe import launch_local
 
 def test_plan_analytic_prints_table_and_saves(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    code = main(["plan", "--analytic", "--recipe", "ember-tiny", "--num-devices", "8",
-                 "--memory-budget", "1GiB", "--global-batch-sizes", "32,64",
-                 "--out", str(out)])
+    code = main(
+        [
+            "plan",
+            "--analytic",
+            "--recipe",
+            "ember-tiny",
+            "--num-devices",
+            "8",
+            "--memory-budget",
+            "1GiB",
+            "--global-batch-sizes",
+            "32,64",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "| pure zero3 |" in text and "| searched |" in text
@@ -26,8 +39,9 @@ def test_plan_analytic_prints_table_and_saves(tmp_path, capsys):
 
 
 def test_plan_errors_are_clear(tmp_path, capsys):
-    code = main(["plan", "--analytic", "--num-devices", "4", "--memory-budget", "1KiB",
-                 "--out", str(tmp_path / "p.json")])
+    code = main(
+        ["plan", "--analytic", "--num-devices", "4", "--memory-budget", "1KiB", "--out", str(tmp_path / "p.json")]
+    )
     assert code == 1 and "no plan fits" in capsys.readouterr().err
     code = main(["plan", "--analytic", "--num-devices", "3", "--out", str(tmp_path / "p.json")])
     assert code == 1 and "num_devices" in capsys.readouterr().err
@@ -45,16 +59,44 @@ def test_train_with_plan_under_two_ranks(tmp_path):
     for name in ("bisect.py", "heapq.py", "textwrap.py", "colorsys.py", "keyword.py"):
         (corpus / "lib").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f"{stdlib}/{name}", corpus / "lib" / name)
-    plan = Plan(num_devices=2, pp=1, stage_layers=(2,),
-                layers=(S(tp=2), S(dp_type="zero3", checkpoint=True)),
-                global_batch_size=4, num_micro_batches=2)
+    plan = Plan(
+        num_devices=2,
+        pp=1,
+        stage_layers=(2,),
+        layers=(S(tp=2), S(dp_type="zero3", checkpoint=True)),
+        global_batch_size=4,
+        num_micro_batches=2,
+    )
     plan.save(tmp_path / "plan.json")
     out = tmp_path / "run"
-    logs = launch_local(["ember.train", "--recipe", "ember-debug", "--plan",
-                         str(tmp_path / "plan.json"), "--out", str(out), "--corpus-root",
-                         str(corpus), "--cache-dir", str(tmp_path / "cache"), "--vocab-size",
-                         "300", "--seq-len", "32", "--max-steps", "4", "--warmup-steps", "1",
-                         "--precision", "fp32", "--no-progress"], 2, timeout_s=600)
+    logs = launch_local(
+        [
+            "ember.train",
+            "--recipe",
+            "ember-debug",
+            "--plan",
+            str(tmp_path / "plan.json"),
+            "--out",
+            str(out),
+            "--corpus-root",
+            str(corpus),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--vocab-size",
+            "300",
+            "--seq-len",
+            "32",
+            "--max-steps",
+            "4",
+            "--warmup-steps",
+            "1",
+            "--precision",
+            "fp32",
+            "--no-progress",
+        ],
+        2,
+        timeout_s=600,
+    )
     assert "stopped (max_steps) at step 4" in logs[0]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]

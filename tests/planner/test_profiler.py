@@ -16,11 +16,25 @@ def test_fit_link_and_monotone_curve():
 
 
 def test_profile_measures_caches_and_feeds_the_search(tmp_path, capsys):
-    shape = ModelShape(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                       intermediate_size=64, max_position_embeddings=32,
-                       tie_word_embeddings=False)
-    spec = ProfileSpec(name="tiny", shape=shape, vocab_size=64, seq_len=16, max_devices=2,
-                       batch_sizes=(1, 2), message_bytes=(4096, 65536), repeats=1)
+    shape = ModelShape(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
+    spec = ProfileSpec(
+        name="tiny",
+        shape=shape,
+        vocab_size=64,
+        seq_len=16,
+        max_devices=2,
+        batch_sizes=(1, 2),
+        message_bytes=(4096, 65536),
+        repeats=1,
+    )
     model, hw = profile(spec, cache_dir=tmp_path)
     err = capsys.readouterr().err
     assert "profile [1/3] collectives" in err and "profile [3/3] layer tp=2" in err
@@ -33,6 +47,5 @@ def test_profile_measures_caches_and_feeds_the_search(tmp_path, capsys):
     start = time.perf_counter()
     again = profile(spec, cache_dir=tmp_path)
     assert time.perf_counter() - start < 5 and again == (model, hw)
-    result = search(CostModel(model, hw), SearchSpace(num_devices=2, memory_budget_bytes=1e9,
-                                                      global_batch_sizes=(4,)))
+    result = search(CostModel(model, hw), SearchSpace(num_devices=2, memory_budget_bytes=1e9, global_batch_sizes=(4,)))
     assert result.plan is not None and result.cost.iteration_s > 0

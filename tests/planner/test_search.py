@@ -4,9 +4,9 @@ import random
 import time
 
 import pytest
-from planner_instances import random_profiles
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from planner_instances import random_profiles
 
 from ember.planner.cost_model import CostModel
 from ember.planner.profiles import analytic_model, cluster_hardware
@@ -30,9 +30,9 @@ def brute_force(cost_model, space):
     pp = 1
     while pp <= min(space.num_devices, model.num_layers):
         n = space.num_devices // pp
-        strategies = candidate_strategies(space, devices_per_stage=n,
-                                          tp_degrees=model.layer.tp_degrees,
-                                          node_size=cost_model.hw.devices_per_node)
+        strategies = candidate_strategies(
+            space, devices_per_stage=n, tp_degrees=model.layer.tp_degrees, node_size=cost_model.hw.devices_per_node
+        )
         for gbs in space.global_batch_sizes:
             for m in space.micro_batch_counts:
                 if gbs % (m * n):
@@ -40,10 +40,15 @@ def brute_force(cost_model, space):
                 for schedule in space.schedules:
                     for split in _compositions(model.num_layers, pp):
                         for layers in itertools.product(strategies, repeat=model.num_layers):
-                            plan = Plan(num_devices=space.num_devices, pp=pp,
-                                        stage_layers=split, layers=layers,
-                                        global_batch_size=gbs, num_micro_batches=m,
-                                        schedule=schedule)
+                            plan = Plan(
+                                num_devices=space.num_devices,
+                                pp=pp,
+                                stage_layers=split,
+                                layers=layers,
+                                global_batch_size=gbs,
+                                num_micro_batches=m,
+                                schedule=schedule,
+                            )
                             cost = cost_model.evaluate(plan)
                             out.append((cost.iteration_s / gbs, cost.peak_memory_bytes, plan))
         pp *= 2
@@ -51,20 +56,23 @@ def brute_force(cost_model, space):
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 10**9), shape=st.sampled_from([(1, 4), (2, 3), (2, 4), (4, 3)]),
-       tied=st.booleans())
+@given(seed=st.integers(0, 10**9), shape=st.sampled_from([(1, 4), (2, 3), (2, 4), (4, 3)]), tied=st.booleans())
 def test_search_matches_brute_force(seed, shape, tied):
     rng = random.Random(seed)
     num_devices, num_layers = shape
     model, hw = random_profiles(rng, num_layers=num_layers, tied=tied)
     cost_model = CostModel(model, hw)
-    base = dict(num_devices=num_devices, global_batch_sizes=(4, 8),
-                micro_batch_counts=(1, 2), dp_types=("ddp", "zero3"),
-                schedules=("gpipe", "1f1b"), memory_unit_bytes=1.0)
+    base = dict(
+        num_devices=num_devices,
+        global_batch_sizes=(4, 8),
+        micro_batch_counts=(1, 2),
+        dp_types=("ddp", "zero3"),
+        schedules=("gpipe", "1f1b"),
+        memory_unit_bytes=1.0,
+    )
     everything = brute_force(cost_model, SearchSpace(memory_budget_bytes=1e18, **base))
     peaks = sorted(p for _, p, _ in everything)
-    budgets = [peaks[0] - 1, peaks[0], peaks[len(peaks) // 10], peaks[len(peaks) // 2],
-               peaks[-1]]
+    budgets = [peaks[0] - 1, peaks[0], peaks[len(peaks) // 10], peaks[len(peaks) // 2], peaks[-1]]
     for budget in budgets:
         space = SearchSpace(memory_budget_bytes=budget, **base)
         feasible = [(t, p, plan) for t, p, plan in everything if p <= budget]
@@ -82,8 +90,7 @@ def test_search_matches_brute_force(seed, shape, tied):
 def test_pure_strategies_are_never_better_than_the_search(rng):
     model, hw = random_profiles(rng, num_layers=4)
     cost_model = CostModel(model, hw)
-    space = SearchSpace(num_devices=4, memory_budget_bytes=1e18, global_batch_sizes=(8,),
-                        micro_batch_counts=(1, 2))
+    space = SearchSpace(num_devices=4, memory_budget_bytes=1e18, global_batch_sizes=(8,), micro_batch_counts=(1, 2))
     best = search(cost_model, space)
     pure = search_pure(cost_model, space)
     assert set(pure) == {"dp", "zero3", "tp", "pp"}
@@ -96,19 +103,16 @@ def test_pure_strategies_are_never_better_than_the_search(rng):
 
 
 def test_tight_budget_prefers_memory_saving_strategies():
-    cost_model = CostModel(analytic_model(num_layers=8, hidden_size=1024,
-                                          intermediate_size=2816, seq_len=1024),
-                           cluster_hardware())
-    loose = search(cost_model, SearchSpace(num_devices=8, memory_budget_bytes=1e12,
-                                           global_batch_sizes=(32,)))
+    cost_model = CostModel(
+        analytic_model(num_layers=8, hidden_size=1024, intermediate_size=2816, seq_len=1024), cluster_hardware()
+    )
+    loose = search(cost_model, SearchSpace(num_devices=8, memory_budget_bytes=1e12, global_batch_sizes=(32,)))
     need = loose.cost.peak_memory_bytes
-    tight = search(cost_model, SearchSpace(num_devices=8, memory_budget_bytes=need / 3,
-                                           global_batch_sizes=(32,)))
+    tight = search(cost_model, SearchSpace(num_devices=8, memory_budget_bytes=need / 3, global_batch_sizes=(32,)))
     assert tight.plan is not None
     assert tight.cost.peak_memory_bytes <= need / 3
     assert tight.cost.iteration_s >= loose.cost.iteration_s
-    nothing = search(cost_model, SearchSpace(num_devices=8, memory_budget_bytes=1e3,
-                                             global_batch_sizes=(32,)))
+    nothing = search(cost_model, SearchSpace(num_devices=8, memory_budget_bytes=1e3, global_batch_sizes=(32,)))
     assert nothing.plan is None and nothing.cost is None
 
 
@@ -116,9 +120,13 @@ def test_tight_budget_prefers_memory_saving_strategies():
 def test_32_layers_search_in_seconds(num_devices):
     cost_model = CostModel(analytic_model(num_layers=32), cluster_hardware(max_devices=64))
     start = time.perf_counter()
-    space = SearchSpace(num_devices=num_devices, memory_budget_bytes=40e9,
-                        global_batch_sizes=(64, 128), dp_types=("ddp", "zero2", "zero3"),
-                        schedules=("gpipe", "1f1b"))
+    space = SearchSpace(
+        num_devices=num_devices,
+        memory_budget_bytes=40e9,
+        global_batch_sizes=(64, 128),
+        dp_types=("ddp", "zero2", "zero3"),
+        schedules=("gpipe", "1f1b"),
+    )
     result = search(cost_model, space)
     pure = search_pure(cost_model, space)
     seconds = time.perf_counter() - start

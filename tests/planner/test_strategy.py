@@ -6,10 +6,15 @@ from ember.planner.strategy import LayerStrategy, Plan, uniform_plan
 
 
 def _plan(**over):
-    fields = dict(num_devices=4, pp=2, stage_layers=(1, 2),
-                  layers=(LayerStrategy(tp=2), LayerStrategy(dp_type="zero3"),
-                          LayerStrategy(checkpoint=True)),
-                  global_batch_size=8, num_micro_batches=2, schedule="gpipe")
+    fields = dict(
+        num_devices=4,
+        pp=2,
+        stage_layers=(1, 2),
+        layers=(LayerStrategy(tp=2), LayerStrategy(dp_type="zero3"), LayerStrategy(checkpoint=True)),
+        global_batch_size=8,
+        num_micro_batches=2,
+        schedule="gpipe",
+    )
     fields.update(over)
     return Plan(**fields)
 
@@ -29,14 +34,17 @@ def test_json_round_trip_and_derived_values(tmp_path):
     assert "pp2 [1+2]" in plan.describe() and "tp1.dp2.zero3 x1" in plan.describe()
 
 
-@pytest.mark.parametrize("over, field", [
-    (dict(pp=3), "pp"),
-    (dict(stage_layers=(1, 1)), "stage_layers"),
-    (dict(layers=(LayerStrategy(tp=4),) * 3), "tp"),
-    (dict(global_batch_size=6), "global_batch_size"),
-    (dict(schedule="zb"), "schedule"),
-    (dict(num_micro_batches=0), "num_micro_batches"),
-])
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        (dict(pp=3), "pp"),
+        (dict(stage_layers=(1, 1)), "stage_layers"),
+        (dict(layers=(LayerStrategy(tp=4),) * 3), "tp"),
+        (dict(global_batch_size=6), "global_batch_size"),
+        (dict(schedule="zb"), "schedule"),
+        (dict(num_micro_batches=0), "num_micro_batches"),
+    ],
+)
 def test_validation_names_the_field(over, field):
     with pytest.raises(ValueError, match=field):
         _plan(**over)
@@ -68,7 +76,6 @@ def test_uniform_plan_split_and_model_check():
     plan.check_model(num_layers=5, tp_limit=2)
     with pytest.raises(ValueError, match="layers"):
         plan.check_model(num_layers=4, tp_limit=2)
-    tp4 = uniform_plan(num_devices=4, num_layers=2, strategy=LayerStrategy(tp=4),
-                       global_batch_size=4)
+    tp4 = uniform_plan(num_devices=4, num_layers=2, strategy=LayerStrategy(tp=4), global_batch_size=4)
     with pytest.raises(ValueError, match="tp=4"):
         tp4.check_model(num_layers=2, tp_limit=2)

@@ -1,7 +1,6 @@
 """Every client mistake gets its status and the OpenAI error body, and the server keeps serving."""
 
 import pytest
-
 from server_util import MODEL_NAME, assert_openai_error, wait_idle
 
 CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -66,9 +65,7 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_naming_both(http, endpoi
             "messages": [{"role": "user", "content": "hello " * 200}],
             "max_completion_tokens": 400,
         }
-    error = assert_openai_error(
-        http.post(f"/v1/{endpoint.replace('chat', 'chat/completions')}", json=body), 400
-    )
+    error = assert_openai_error(http.post(f"/v1/{endpoint.replace('chat', 'chat/completions')}", json=body), 400)
     assert error["code"] == "context_length_exceeded"
     assert "512" in error["message"] and " 400 " in error["message"]
     too_long = {**COMPLETION, "prompt": "hello " * 600, "max_tokens": None}
@@ -77,9 +74,7 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_naming_both(http, endpoi
 
 
 def test_unknown_model_route_and_method(http):
-    error = assert_openai_error(
-        http.post("/v1/completions", json={**COMPLETION, "model": "gpt-9"}), 404, "model"
-    )
+    error = assert_openai_error(http.post("/v1/completions", json={**COMPLETION, "model": "gpt-9"}), 404, "model")
     assert error["code"] == "model_not_found"
     assert_openai_error(http.get("/v1/models/gpt-9"), 404)
     assert_openai_error(http.get("/v1/nothing-here"), 404)

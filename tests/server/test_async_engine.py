@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ember.config import EngineConfig
+from ember.core.sampling_params import SamplingParams
 from ember.engine.async_engine import AsyncLLMEngine, EngineDeadError, EngineOverloadedError
 from ember.engine.llm_engine import LLMEngine
 from ember.errors import InvalidInputError
-from ember.core.sampling_params import SamplingParams
 
 LONG = SamplingParams(temperature=0.0, max_tokens=450, ignore_eos=True)
 
@@ -87,9 +87,7 @@ def test_invalid_prompt_raises_at_add_and_engine_keeps_serving(llm):
         assert info.value.param == "prompt"
         with pytest.raises(InvalidInputError):
             await engine.add_request("empty", {"prompt_token_ids": []}, SamplingParams())
-        outputs = [
-            o async for o in engine.generate("ok", "hello", SamplingParams(max_tokens=3, ignore_eos=True))
-        ]
+        outputs = [o async for o in engine.generate("ok", "hello", SamplingParams(max_tokens=3, ignore_eos=True))]
         return outputs[-1]
 
     assert len(run(llm, body).outputs[0].token_ids) == 3

@@ -5,11 +5,11 @@ import asyncio
 import json
 import math
 
+from server_util import MODEL_NAME, wait_idle
+
 from ember.bench.serving import SLO, LoadConfig, run_load, summarize
 from ember.bench.workloads import make_workload
 from ember.cli import main
-
-from server_util import MODEL_NAME, wait_idle
 
 
 def test_load_generator_measures_every_request(server, http):

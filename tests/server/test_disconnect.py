@@ -3,7 +3,6 @@
 import time
 
 import httpx
-
 from server_util import MODEL_NAME, metric, wait_idle
 
 LONG = {"model": MODEL_NAME, "max_tokens": 480, "temperature": 0.0, "ignore_eos": True}

@@ -4,7 +4,6 @@ no response may be a 5xx, every error has the OpenAI body, and the cache stays i
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-
 from server_util import start_server, wait_idle
 
 schemathesis = pytest.importorskip("schemathesis")

@@ -3,7 +3,6 @@
 import httpx
 import openai
 import pytest
-
 from server_util import assert_openai_error, start_server, wait_idle
 
 KEY = "sk-ember-test"
@@ -39,9 +38,7 @@ def test_api_key_is_required_on_the_api_only(limited, http):
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
     error = assert_openai_error(http.post("/v1/completions", json=body), 401)
     assert error["code"] == "invalid_api_key"
-    assert_openai_error(
-        http.post("/v1/completions", json=body, headers={"Authorization": "Bearer nope"}), 401
-    )
+    assert_openai_error(http.post("/v1/completions", json=body, headers={"Authorization": "Bearer nope"}), 401)
     assert_openai_error(http.get("/v1/models"), 401)
     assert_openai_error(http.post("/tokenize", json={"prompt": "x"}), 401)
     assert http.post("/v1/completions", json=body, headers=AUTH).status_code == 200

@@ -24,13 +24,9 @@ def test_metrics_count_latencies_statuses_and_cache(http):
     after = {name: metric(http, name) for name in names}
     assert all(after[n] - before[n] >= 2 for n in names[:2] + names[3:4]), (before, after)
     # NOTE: one ITL sample per output the server receives; a busy loop may get several tokens at once
-    assert (
-        after["ember:inter_token_latency_seconds_count"] > before["ember:inter_token_latency_seconds_count"]
-    )
+    assert after["ember:inter_token_latency_seconds_count"] > before["ember:inter_token_latency_seconds_count"]
     assert after["ember:generation_tokens_total"] - before["ember:generation_tokens_total"] == 40
-    assert (
-        metric(http, 'ember:http_requests_total{endpoint="/v1/completions",status="400"}') == bad_before + 1
-    )
+    assert metric(http, 'ember:http_requests_total{endpoint="/v1/completions",status="400"}') == bad_before + 1
     assert metric(http, "ember:prefix_cache_hits") > hits_before
     assert 0 < metric(http, "ember:prefix_cache_hit_rate") <= 1
     text = http.get("/metrics").text

@@ -3,7 +3,6 @@
 import asyncio
 
 import pytest
-
 from server_util import MODEL_NAME, wait_idle
 
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}

@@ -8,16 +8,13 @@ import time
 
 import httpx
 import pytest
-
 from server_util import start_server
 
 
 def read_stream(url: str, body: dict, result: dict, first_line: threading.Event) -> None:
     chunks = []
     try:
-        with httpx.stream(
-            "POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=60
-        ) as response:
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=60) as response:
             for line in response.iter_lines():
                 if line.startswith("data:"):
                     chunks.append(line)
@@ -60,11 +57,7 @@ def test_sigterm_drains_short_requests_aborts_long_ones_and_exits_0(debug_llama,
     assert len(finishes) < 16, "the long request was not cut off by the shutdown timeout"
     # NOTE: cut off cleanly: an OpenAI error event, then [DONE]; not a torn connection.
     assert results["long"]["complete"], results["long"]
-    assert (
-        '"error"' in long_chunks[-2]
-        and "shutting down" in long_chunks[-2]
-        and long_chunks[-1] == "data: [DONE]"
-    )
+    assert '"error"' in long_chunks[-2] and "shutting down" in long_chunks[-2] and long_chunks[-1] == "data: [DONE]"
     assert "Application shutdown complete" in server.log()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=2)

@@ -2,7 +2,6 @@
 
 import httpx
 import pytest
-
 from server_util import metric, start_server, wait_idle
 
 PROMPT = '"""Utilities for parsing."""\n\nimport re\n'  # its greedy continuation repeats
@@ -12,17 +11,25 @@ PROMPT = '"""Utilities for parsing."""\n\nimport re\n'  # its greedy continuatio
 def spec_http(tmp_path_factory):
     from ember.zoo import resolve_model
 
-    process = start_server(tmp_path_factory, "spec-server", resolve_model("ember-tiny"),
-                           "--served-model-name", "tiny", "--speculative-models", "ngram,ember-draft-b",
-                           "--speculative-expansion", "2,1")  # fmt: skip
+    process = start_server(
+        tmp_path_factory,
+        "spec-server",
+        resolve_model("ember-tiny"),
+        "--served-model-name",
+        "tiny",
+        "--speculative-models",
+        "ngram,ember-draft-b",
+        "--speculative-expansion",
+        "2,1",
+    )
     with httpx.Client(base_url=process.url, timeout=120) as client:
         yield client
     process.kill()
 
 
 def test_speculative_server_serves_greedy_output_and_reports_acceptance(spec_http):
-    from ember.engine.llm import LLM
     from ember.core.sampling_params import SamplingParams
+    from ember.engine.llm import LLM
 
     want = LLM(model="ember-tiny").generate(PROMPT, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 32, "temperature": 0, "ignore_eos": True}

@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from engine_util import run_checked
 from scipy import stats
 
-from engine_util import run_checked
+from ember.core.sampling_params import SamplingParams
 from ember.engine.llm import LLM
 from ember.errors import EmberError, InvalidInputError
-from ember.core.sampling_params import SamplingParams
 
 PROMPTS = [
     "def fibonacci(n):",
@@ -62,8 +62,15 @@ def test_greedy_speculation_equals_greedy_decoding(reference, proposer, batch):
 def test_speculation_under_chunking_prefix_hits_and_preemption(reference):
     # NOTE: a 16-token budget chunks every prompt and cannot fit some trees (they fall back to a
     # plain decode); 24 blocks of 4 tokens force preemptions; the shared prompts hit the cache.
-    llm = LLM(model="ember-tiny", speculative_models="ember-draft-a,ngram", speculative_expansion="2,2,1",
-              speculative_max_batch_size=8, max_num_batched_tokens=16, block_size=4, num_kv_blocks=24)  # fmt: skip
+    llm = LLM(
+        model="ember-tiny",
+        speculative_models="ember-draft-a,ngram",
+        speculative_expansion="2,2,1",
+        speculative_max_batch_size=8,
+        max_num_batched_tokens=16,
+        block_size=4,
+        num_kv_blocks=24,
+    )
     prompts = PROMPTS + PROMPTS[:3]
     got = tokens(run_checked(llm, prompts, GREEDY))
     assert got == reference + reference[:3]
@@ -94,7 +101,9 @@ def test_stops_inside_a_tree_drop_the_tokens_after_them(reference, ngram_llm):
     for params in (
         SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop_token_ids=[stop_id]),
         SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop_text]),
-        SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop_text], include_stop_str_in_output=True),
+        SamplingParams(
+            temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop_text], include_stop_str_in_output=True
+        ),
     ):
         want = run_checked(plain, PROMPTS[REPEATS : REPEATS + 1], params)[0].outputs[0]
         got = run_checked(ngram_llm, PROMPTS[REPEATS : REPEATS + 1], params)[0].outputs[0]
@@ -174,9 +183,15 @@ def sampled_pair(tmp_path_factory):
 
 
 def _sample_second_tokens(target, draft) -> list[int]:
-    llm = LLM(model=str(target), speculative_models=str(draft), speculative_expansion="2,2",
-              speculative_max_batch_size=NUM_SAMPLES, max_num_seqs=NUM_SAMPLES,
-              max_num_batched_tokens=NUM_SAMPLES * 8, block_size=4)  # fmt: skip
+    llm = LLM(
+        model=str(target),
+        speculative_models=str(draft),
+        speculative_expansion="2,2",
+        speculative_max_batch_size=NUM_SAMPLES,
+        max_num_seqs=NUM_SAMPLES,
+        max_num_batched_tokens=NUM_SAMPLES * 8,
+        block_size=4,
+    )
     params = [SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True, seed=s) for s in range(NUM_SAMPLES)]
     outputs = llm.generate([{"prompt_token_ids": PROMPT_IDS}] * NUM_SAMPLES, params)
     assert llm.engine.speculator.stats.num_trees == NUM_SAMPLES  # every 2nd token was speculated

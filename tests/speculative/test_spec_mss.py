@@ -94,9 +94,7 @@ def merged_two_proposers(t, src):
     for proposer in (0, 1):
         tree = TokenTree(ROOT)
         q = DRAFTS[proposer]((ROOT,))
-        kids = tree.add_sampled_children(
-            0, src.tokens(t, (ROOT,), proposer, 2), q, proposer=proposer
-        )
+        kids = tree.add_sampled_children(0, src.tokens(t, (ROOT,), proposer, 2), q, proposer=proposer)
         for node in kids:
             ctx = tuple(tree.path_token_ids(node))
             [token] = src.tokens(t, ctx, proposer, 1)
@@ -155,9 +153,7 @@ def build_trees(scenario, seed=0) -> list[TokenTree]:
 
 
 def node_target_probs(trees) -> torch.Tensor:
-    return torch.stack(
-        [TARGET(tuple(t.path_token_ids(u))) for t in trees for u in range(t.num_nodes)]
-    )
+    return torch.stack([TARGET(tuple(t.path_token_ids(u))) for t in trees for u in range(t.num_nodes)])
 
 
 def emitted(trees, probs=None, seed=0) -> list[list[int]]:
@@ -243,16 +239,12 @@ def test_mss_follows_the_requests_filtered_distribution():
     # p after temperature and top-k: draft tokens outside the top 3 must never come out
     params = SamplingParams(temperature=0.7, top_k=3, seed=0)
     trees = build_trees(children_without_replacement)
-    logits = torch.stack(
-        [TARGET.logits(tuple(t.path_token_ids(u))) for t in trees for u in range(t.num_nodes)]
-    )
+    logits = torch.stack([TARGET.logits(tuple(t.path_token_ids(u))) for t in trees for u in range(t.num_nodes)])
     states = [SamplingState.create(params, [ROOT])] * len(trees)
     probs = tree_target_probs(logits, trees, states)
     first = complete(emitted(trees, probs), 1)
     root_logits = TARGET.logits((ROOT,))
-    expected = (root_logits / 0.7).masked_fill(
-        root_logits < root_logits.topk(3).values[-1], -torch.inf
-    )
+    expected = (root_logits / 0.7).masked_fill(root_logits < root_logits.topk(3).values[-1], -torch.inf)
     assert set(first.flatten().tolist()) <= set(root_logits.topk(3).indices.tolist())
     assert chi_square_pvalue(first, expected.softmax(-1).double()) > 1e-3
 

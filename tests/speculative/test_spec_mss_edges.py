@@ -30,12 +30,8 @@ def run_core(tree: TokenTree, p: torch.Tensor, uniforms: torch.Tensor):
         packed.draft_probs,
         packed.max_depth,
     )
-    noise = torch.empty(rows, probs.shape[1]).exponential_(
-        generator=torch.Generator().manual_seed(0)
-    )
-    path, n, bonus = speculative_sample_tree(
-        probs, torch.zeros(rows, dtype=torch.long), draws, uniforms, noise
-    )
+    noise = torch.empty(rows, probs.shape[1]).exponential_(generator=torch.Generator().manual_seed(0))
+    path, n, bonus = speculative_sample_tree(probs, torch.zeros(rows, dtype=torch.long), draws, uniforms, noise)
     return [p[:k] for p, k in zip(path.tolist(), n.tolist())], bonus.tolist()
 
 

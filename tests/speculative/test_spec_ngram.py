@@ -49,9 +49,7 @@ def test_no_match_and_depth_limits():
 
 def test_continuations_never_repeat_or_prefix_each_other():
     # three matches of "3", all continuing with 1 2: one branch
-    found = find_continuations(
-        [3, 1, 2, 3, 1, 2, 3], min_n=1, max_n=1, num_tokens=2, num_branches=3
-    )
+    found = find_continuations([3, 1, 2, 3, 1, 2, 3], min_n=1, max_n=1, num_tokens=2, num_branches=3)
     assert found == [[1, 2]]
     # the most recent match is cut short by the end ([3]); an older one extends it ([3, 5])
     found = find_continuations([3, 3, 5, 9, 3, 3], min_n=1, max_n=1, num_tokens=2, num_branches=3)

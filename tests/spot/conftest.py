@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spot_helpers import instance, tiny_memory, tiny_profile
 
 from ember.spot.arrivals import Arrival
 from ember.spot.config import Device, ParallelConfig, Position
@@ -17,8 +19,6 @@ from ember.spot.migration import MigrationPlanner
 from ember.spot.optimizer import OptimizerConfig, ParallelOptimizer
 from ember.spot.simulator import SimulationConfig, Simulator
 from ember.spot.traces import AvailabilityEvent, AvailabilityTrace
-
-from spot_helpers import instance, tiny_memory, tiny_profile
 
 OUT = 10  # tokens per request
 GRACE = 5.0
@@ -32,13 +32,19 @@ BASE_S = 0.16 + 0.8 + 0.001
 
 def simulate(policy: str, events: list[AvailabilityEvent], arrivals: list[Arrival], end_s: float):
     memory = tiny_memory()
-    optimizer = ParallelOptimizer(PROFILE, memory, INSTANCE,
-                                  OptimizerConfig(output_len=OUT, input_len=8, max_batch_size=1))
-    controller = SpotController(policy=policy, optimizer=optimizer, planner=MigrationPlanner(memory, INSTANCE),
-                                instance=INSTANCE)
-    sim = Simulator(trace=AvailabilityTrace(events=tuple(events), end_s=end_s), arrivals=arrivals,
-                    controller=controller, profile=PROFILE,
-                    config=SimulationConfig(grace_period_s=GRACE, output_len=OUT, max_batch_size=1, required_rate=0.1))
+    optimizer = ParallelOptimizer(
+        PROFILE, memory, INSTANCE, OptimizerConfig(output_len=OUT, input_len=8, max_batch_size=1)
+    )
+    controller = SpotController(
+        policy=policy, optimizer=optimizer, planner=MigrationPlanner(memory, INSTANCE), instance=INSTANCE
+    )
+    sim = Simulator(
+        trace=AvailabilityTrace(events=tuple(events), end_s=end_s),
+        arrivals=arrivals,
+        controller=controller,
+        profile=PROFILE,
+        config=SimulationConfig(grace_period_s=GRACE, output_len=OUT, max_batch_size=1, required_rate=0.1),
+    )
     starts: list[tuple[float, frozenset[str]]] = []
     start = sim._start
 
@@ -73,7 +79,7 @@ def test_added_instance_leaves_old_replicas_serving():
     arrivals = requests(np.arange(0.05, 14, 0.5), np.arange(14.05, 20, 0.35))
     rec, starts = simulate("spotserve", [add(0, "a", "b"), add(10, "c")], arrivals, 20)
     assert len(rec.reconfigurations) == 2
-    (t, config, mode, est, kept), = [r for r in rec.reconfigurations if r[0] == 10]
+    ((t, config, mode, est, kept),) = [r for r in rec.reconfigurations if r[0] == 10]
     assert config.startswith("dp3.tp1.pp1") and kept == 2 and est > 1.0  # slow network: a visible window
     assert any(10 <= s < 10 + est and ids <= {"a", "b"} for s, ids in starts)  # old replicas admit in it
     assert min(s for s, ids in starts if ids == {"c"}) >= 10 + est
@@ -96,7 +102,7 @@ def test_replacement_moves_the_dying_replica_and_keeps_the_others_serving():
     # its batch's KV, while a's replica serves on untouched.
     events = [add(0, "a", "b", "c"), add(16, "d"), remove(20, "c"), remove(22, "b")]
     rec, starts = simulate("spotserve", events, every(0.5, 30), 30)
-    (t, config, mode, est, kept), = [r for r in rec.reconfigurations if r[0] == 19.5]
+    ((t, config, mode, est, kept),) = [r for r in rec.reconfigurations if r[0] == 19.5]
     assert config.startswith("dp2.tp1.pp1") and mode == "migrate_kv" and kept == 1
     assert rec.resumed_tokens > 0 and rec.restarted_tokens == 0
     ready = 22.0  # stop_by + est: the replacement serves once b's state has arrived, at its deadline
@@ -110,19 +116,42 @@ def test_plan_marks_only_untouched_replicas_intact():
     cfg = lambda dp, tp=1: ParallelConfig(dp=dp, tp=tp, pp=1, batch_size=1)  # noqa: E731
     a, b, c = Device("a", 0), Device("b", 0), Device("c", 0)
     old = {a: Position(0, 0, 0), b: Position(1, 0, 0)}
-    grow = pl.plan(old_config=cfg(2), old_placement=old, new_config=cfg(3),
-                   new_placement={**old, c: Position(2, 0, 0)}, kv_tokens={}, replica_map={})
+    grow = pl.plan(
+        old_config=cfg(2),
+        old_placement=old,
+        new_config=cfg(3),
+        new_placement={**old, c: Position(2, 0, 0)},
+        kv_tokens={},
+        replica_map={},
+    )
     assert grow.intact_replicas == {0: 0, 1: 1}
-    swap = pl.plan(old_config=cfg(2), old_placement=old, new_config=cfg(2),
-                   new_placement={a: Position(1, 0, 0), b: Position(0, 0, 0)}, kv_tokens={0: 5, 1: 5},
-                   replica_map={0: 0, 1: 1})
+    swap = pl.plan(
+        old_config=cfg(2),
+        old_placement=old,
+        new_config=cfg(2),
+        new_placement={a: Position(1, 0, 0), b: Position(0, 0, 0)},
+        kv_tokens={0: 5, 1: 5},
+        replica_map={0: 0, 1: 1},
+    )
     assert swap.intact_replicas == {}  # each GPU must receive the other's KV
-    dying = pl.plan(old_config=cfg(2), old_placement=old, new_config=cfg(2),
-                    new_placement={a: Position(0, 0, 0), c: Position(1, 0, 0)}, kv_tokens={}, replica_map={},
-                    dying_instances=frozenset({"b"}))
+    dying = pl.plan(
+        old_config=cfg(2),
+        old_placement=old,
+        new_config=cfg(2),
+        new_placement={a: Position(0, 0, 0), c: Position(1, 0, 0)},
+        kv_tokens={},
+        replica_map={},
+        dying_instances=frozenset({"b"}),
+    )
     assert dying.intact_replicas == {0: 0}
-    reshaped = pl.plan(old_config=cfg(2), old_placement=old, new_config=cfg(1, tp=2),
-                       new_placement={a: Position(0, 0, 0), b: Position(0, 1, 0)}, kv_tokens={}, replica_map={})
+    reshaped = pl.plan(
+        old_config=cfg(2),
+        old_placement=old,
+        new_config=cfg(1, tp=2),
+        new_placement={a: Position(0, 0, 0), b: Position(0, 1, 0)},
+        kv_tokens={},
+        replica_map={},
+    )
     assert reshaped.intact_replicas == {}
 
 

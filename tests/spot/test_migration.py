@@ -35,8 +35,14 @@ def test_unchanged_configuration_moves_nothing():
     pl = planner()
     old = cfg(1, 4, 1)
     place = {d: Position(0, d.local_rank, 0) for d in gpus("a")}
-    plan = pl.plan(old_config=old, old_placement=place, new_config=old,
-                   new_placement=mapped(pl, old, place, old, {"a": gpus("a")}), kv_tokens={}, replica_map={})
+    plan = pl.plan(
+        old_config=old,
+        old_placement=place,
+        new_config=old,
+        new_placement=mapped(pl, old, place, old, {"a": gpus("a")}),
+        kv_tokens={},
+        replica_map={},
+    )
     assert plan.transfers == () and plan.kept_bytes == 4 * LB + 2 * EB
     assert plan.est_s == pytest.approx(InstanceSpec().switch_overhead_s)
 
@@ -49,8 +55,9 @@ def test_tp4_to_tp2_pp2_inside_one_instance_keeps_what_it_can():
     old, new = cfg(1, 4, 1), cfg(1, 2, 2)
     place = {d: Position(0, d.local_rank, 0) for d in gpus("a")}
     new_place = mapped(pl, old, place, new, {"a": gpus("a")})
-    plan = pl.plan(old_config=old, old_placement=place, new_config=new, new_placement=new_place,
-                   kv_tokens={}, replica_map={})
+    plan = pl.plan(
+        old_config=old, old_placement=place, new_config=new, new_placement=new_place, kv_tokens={}, replica_map={}
+    )
     assert plan.kept_bytes == 2 * LB + EB
     assert plan.moved_bytes == 2 * LB + EB and plan.loaded_bytes == 0
     assert all(t.src.instance_id == t.dst.instance_id == "a" for t in plan.transfers)
@@ -62,8 +69,14 @@ def test_tp4_to_dp2_tp2_keeps_one_quarter_per_gpu():
     pl = planner()
     old, new = cfg(1, 4, 1), cfg(2, 2, 1)
     place = {d: Position(0, d.local_rank, 0) for d in gpus("a")}
-    plan = pl.plan(old_config=old, old_placement=place, new_config=new,
-                   new_placement=mapped(pl, old, place, new, {"a": gpus("a")}), kv_tokens={}, replica_map={})
+    plan = pl.plan(
+        old_config=old,
+        old_placement=place,
+        new_config=new,
+        new_placement=mapped(pl, old, place, new, {"a": gpus("a")}),
+        kv_tokens={},
+        replica_map={},
+    )
     assert plan.kept_bytes == 4 * LB + 2 * EB and plan.moved_bytes == 4 * LB + 2 * EB
 
 
@@ -77,8 +90,15 @@ def test_kv_moves_only_inside_its_replica_and_dying_sends_first():
     by_inst = {"a": [a], "c": [c]}
     new_place = mapped(pl, old, place, new, by_inst, g=1, kv=kv, rmap=rmap)
     assert new_place[a] == Position(1, 0, 0)  # a keeps its own KV: it takes the replica that inherits it
-    plan = pl.plan(old_config=old, old_placement=place, new_config=new, new_placement=new_place, kv_tokens=kv,
-                   replica_map=rmap, dying_instances=frozenset({"b"}))
+    plan = pl.plan(
+        old_config=old,
+        old_placement=place,
+        new_config=new,
+        new_placement=new_place,
+        kv_tokens=kv,
+        replica_map=rmap,
+        dying_instances=frozenset({"b"}),
+    )
     kv_moves = [t for t in plan.transfers if t.kind == "kv"]
     assert kv_moves and all(t.src == b and t.dst == c and t.is_priority and t.old_replica == 1 for t in kv_moves)
     assert sum(t.num_bytes for t in kv_moves) == 4 * 100 * MEM.kv_bytes_per_token_layer
@@ -94,13 +114,21 @@ def test_lost_gpu_loses_its_kv_and_weights_come_from_survivors_or_storage():
     place = {a: Position(0, 0, 0), b: Position(1, 0, 0)}
     kv, rmap = {0: 100, 1: 100}, {0: 1, 1: 0}
     new_place = {a: Position(1, 0, 0), c: Position(0, 0, 0)}
-    plan = pl.plan(old_config=old, old_placement=place, new_config=new, new_placement=new_place, kv_tokens=kv,
-                   replica_map=rmap, lost_instances=frozenset({"b"}))
+    plan = pl.plan(
+        old_config=old,
+        old_placement=place,
+        new_config=new,
+        new_placement=new_place,
+        kv_tokens=kv,
+        replica_map=rmap,
+        lost_instances=frozenset({"b"}),
+    )
     assert plan.kv_lost_replicas == {1} and plan.kv_replicas == {0}
     assert not [t for t in plan.transfers if t.kind == "kv"]
     assert all(t.src == a for t in plan.transfers)  # weights from the survivor
-    fresh = pl.plan(old_config=None, old_placement={}, new_config=new, new_placement=new_place,
-                    kv_tokens={}, replica_map={})
+    fresh = pl.plan(
+        old_config=None, old_placement={}, new_config=new, new_placement=new_place, kv_tokens={}, replica_map={}
+    )
     assert fresh.loaded_bytes == 2 * (4 * LB + 2 * EB) and fresh.moved_bytes == 0
 
 
@@ -108,8 +136,14 @@ def test_estimate_uses_busiest_link():
     pl = planner(network_gbps=8.0, switch_overhead_s=0.5)  # 1 GB/s
     old, new = cfg(1, 1, 1), cfg(2, 1, 1)
     a, b = Device("a", 0), Device("b", 0)
-    plan = pl.plan(old_config=old, old_placement={a: Position(0, 0, 0)}, new_config=new,
-                   new_placement={a: Position(0, 0, 0), b: Position(1, 0, 0)}, kv_tokens={}, replica_map={})
+    plan = pl.plan(
+        old_config=old,
+        old_placement={a: Position(0, 0, 0)},
+        new_config=new,
+        new_placement={a: Position(0, 0, 0), b: Position(1, 0, 0)},
+        kv_tokens={},
+        replica_map={},
+    )
     assert plan.moved_bytes == 4 * LB + 2 * EB
     assert plan.est_s == pytest.approx(plan.moved_bytes / 1e9 + 0.5)
 
@@ -119,11 +153,13 @@ def test_memory_order_flags_unsafe_when_gpu_cannot_hold_old_and_new():
     a, b = Device("a", 0), Device("b", 0)
     place = {a: Position(0, 0, 0), b: Position(0, 0, 1)}
     swap = {a: Position(0, 0, 1), b: Position(0, 0, 0)}
-    roomy = planner().plan(old_config=old, old_placement=place, new_config=new, new_placement=swap,
-                           kv_tokens={}, replica_map={})
+    roomy = planner().plan(
+        old_config=old, old_placement=place, new_config=new, new_placement=swap, kv_tokens={}, replica_map={}
+    )
     assert roomy.is_memory_safe and set(roomy.layer_order) == {0, 1, 2, 3, EMBED_IN, -2}
     stage = 2 * LB + EB
     tight = MigrationPlanner(MEM, InstanceSpec(gpu_memory_gib=(stage + LB // 2) / 2**30, usable_memory_fraction=1.0))
-    plan = tight.plan(old_config=old, old_placement=place, new_config=new, new_placement=swap,
-                      kv_tokens={}, replica_map={})
+    plan = tight.plan(
+        old_config=old, old_placement=place, new_config=new, new_placement=swap, kv_tokens={}, replica_map={}
+    )
     assert not plan.is_memory_safe and plan.peak_bytes > tight.instance.usable_gpu_bytes

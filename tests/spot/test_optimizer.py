@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from spot_helpers import instance, tiny_memory, tiny_profile
 
 from ember.errors import InvalidInputError
 from ember.spot.config import ParallelConfig
@@ -8,13 +9,12 @@ from ember.spot.hardware import GIB
 from ember.spot.optimizer import OptimizerConfig, ParallelOptimizer
 from ember.spot.profile import load_profile
 
-from spot_helpers import instance, tiny_memory, tiny_profile
-
 
 def make(num_gpus_per_instance=1, memory_gib=16.0, **cfg):
     inst = instance(gpus_per_instance=num_gpus_per_instance, gpu_memory_gib=memory_gib, usable_memory_fraction=1.0)
-    return ParallelOptimizer(tiny_profile(), tiny_memory(), inst,
-                             OptimizerConfig(output_len=10, input_len=8, max_batch_size=2, **cfg))
+    return ParallelOptimizer(
+        tiny_profile(), tiny_memory(), inst, OptimizerConfig(output_len=10, input_len=8, max_batch_size=2, **cfg)
+    )
 
 
 def test_batch_latency_matches_hand_computation():
@@ -74,7 +74,10 @@ def test_fixed_shape_and_ondemand_count():
 def test_paper_model_min_world_size(data_dir):
     p = load_profile(data_dir / "megatron_h6144_profile.json")
     from ember.spot.hardware import InstanceSpec, ModelMemory
-    opt = ParallelOptimizer(p, ModelMemory(num_layers=44, hidden_size=6144), InstanceSpec(), OptimizerConfig(min_world_size=12))
+
+    opt = ParallelOptimizer(
+        p, ModelMemory(num_layers=44, hidden_size=6144), InstanceSpec(), OptimizerConfig(min_world_size=12)
+    )
     assert opt.choose(8, 0.4) is None
     best = opt.choose(28, 0.4)
     assert best.config.num_gpus <= 28 and best.config.gpus_per_replica >= 12 and best.throughput >= 0.4

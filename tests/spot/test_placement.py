@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ember.spot.config import Device, ParallelConfig, Position, positions_of
 from ember.spot.placement import match_devices, rank_order_placement, slots_of, total_weight
@@ -29,7 +30,7 @@ def brute_force(by_inst, config, g, weight) -> float:
     for perm in itertools.permutations(devs, sum(len(s) for s in slots)):
         assign, k, ok = {}, 0, True
         for slot in slots:
-            chunk = perm[k:k + len(slot)]
+            chunk = perm[k : k + len(slot)]
             k += len(slot)
             if len({d.instance_id for d in chunk}) != 1:
                 ok = False

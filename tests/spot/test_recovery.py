@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ember.spot.profile import BatchLatency
 from ember.spot.recovery import BatchProgress, choose_recovery, plan_stop
@@ -47,4 +48,6 @@ def test_choose_recovery():
     assert choose_recovery(now=0, deadline=30, est_with_kv_s=5, est_params_s=3) == ("migrate_kv", 25, True)
     assert choose_recovery(now=0, deadline=30, est_with_kv_s=40, est_params_s=10) == ("recompute", 20, True)
     assert choose_recovery(now=0, deadline=30, est_with_kv_s=50, est_params_s=40) == ("recompute", 0, False)
-    assert choose_recovery(now=0, deadline=30, est_with_kv_s=5, est_params_s=3, can_migrate_kv=False).mode == "recompute"
+    assert (
+        choose_recovery(now=0, deadline=30, est_with_kv_s=5, est_params_s=3, can_migrate_kv=False).mode == "recompute"
+    )

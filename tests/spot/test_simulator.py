@@ -17,8 +17,11 @@ from ember.spot.traces import load_trace, synthetic_trace
 def inputs():
     from spot_helpers import DATA
 
-    return (load_trace(DATA / "trace_0506_real.txt"), load_arrivals(DATA / "query_tpt0.35_cv6_head.txt"),
-            load_profile(DATA / "megatron_h6144_profile.json"))
+    return (
+        load_trace(DATA / "trace_0506_real.txt"),
+        load_arrivals(DATA / "query_tpt0.35_cv6_head.txt"),
+        load_profile(DATA / "megatron_h6144_profile.json"),
+    )
 
 
 def run(inputs, **kw):
@@ -71,10 +74,26 @@ def _cli(argv):
 
 
 def test_cli_writes_table_json_and_plot(data_dir, tmp_path, capsys):
-    rc = _cli(["spot", "simulate", "--trace", str(data_dir / "trace_0304_real.txt"),
-               "--arrivals", str(data_dir / "query_tpt0.35_cv6_head.txt"),
-               "--profile", str(data_dir / "megatron_h6144_profile.json"), "--policy", "all",
-               "--min-world-size", "12", "--required-rate", "0.4", "--out", str(tmp_path)])
+    rc = _cli(
+        [
+            "spot",
+            "simulate",
+            "--trace",
+            str(data_dir / "trace_0304_real.txt"),
+            "--arrivals",
+            str(data_dir / "query_tpt0.35_cv6_head.txt"),
+            "--profile",
+            str(data_dir / "megatron_h6144_profile.json"),
+            "--policy",
+            "all",
+            "--min-world-size",
+            "12",
+            "--required-rate",
+            "0.4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| spotserve |" in out and "| ondemand |" in out
@@ -83,12 +102,21 @@ def test_cli_writes_table_json_and_plot(data_dir, tmp_path, capsys):
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("override,match", [({"--trace": "/no/such/trace"}, "not found"),
-                                            ({"--policy": "magic"}, "unknown policy"),
-                                            ({"--arrivals": "gamma:1"}, "gamma:RATE:CV")])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ({"--trace": "/no/such/trace"}, "not found"),
+        ({"--policy": "magic"}, "unknown policy"),
+        ({"--arrivals": "gamma:1"}, "gamma:RATE:CV"),
+    ],
+)
 def test_cli_user_errors(data_dir, tmp_path, override, match):
-    args = {"--trace": str(data_dir / "trace_0304_real.txt"), "--arrivals": "poisson:0.3",
-            "--profile": str(data_dir / "megatron_6.7B_profile.json"), "--out": str(tmp_path)} | override
+    args = {
+        "--trace": str(data_dir / "trace_0304_real.txt"),
+        "--arrivals": "poisson:0.3",
+        "--profile": str(data_dir / "megatron_6.7B_profile.json"),
+        "--out": str(tmp_path),
+    } | override
     with pytest.raises(InvalidInputError, match=match):
         _cli(["spot", "simulate", *[x for kv in args.items() for x in kv]])
 
@@ -97,8 +125,20 @@ def test_cli_bad_trace_line(data_dir, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("0,add,node1\n1000,vanish,node1\n")
     with pytest.raises(InvalidInputError, match="bad.csv:2"):
-        _cli(["spot", "simulate", "--trace", str(bad), "--arrivals", "poisson:0.3",
-              "--profile", str(data_dir / "megatron_6.7B_profile.json"), "--out", str(tmp_path)])
+        _cli(
+            [
+                "spot",
+                "simulate",
+                "--trace",
+                str(bad),
+                "--arrivals",
+                "poisson:0.3",
+                "--profile",
+                str(data_dir / "megatron_6.7B_profile.json"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_shared_full_trace_loads(shared_spotserve):

@@ -5,8 +5,14 @@ import pytest
 
 from ember.errors import InvalidInputError
 from ember.spot.arrivals import gamma_arrivals, load_arrivals, mean_rate, parse_arrivals, poisson_arrivals
-from ember.spot.traces import (counts_to_trace, load_csv_trace, load_segment_trace, load_skypilot_trace, load_trace,
-                               synthetic_trace)
+from ember.spot.traces import (
+    counts_to_trace,
+    load_csv_trace,
+    load_segment_trace,
+    load_skypilot_trace,
+    load_trace,
+    synthetic_trace,
+)
 
 
 def test_csv_groups_same_time_same_kind(data_dir):
@@ -44,8 +50,7 @@ def test_load_trace_detects_format(data_dir):
     assert load_trace(data_dir / "skypilot_us-east-2b_v100_head.json").max_instances == 16
 
 
-@pytest.mark.parametrize("text", ["1000,add,node1\n2000,explode,node1\n", "abc,add,node1\n",
-                                  "1000,remove,node9\n"])
+@pytest.mark.parametrize("text", ["1000,add,node1\n2000,explode,node1\n", "abc,add,node1\n", "1000,remove,node9\n"])
 def test_bad_csv_raises_invalid_input(tmp_path, text):
     p = tmp_path / "t.csv"
     p.write_text(text)
@@ -90,8 +95,9 @@ def test_generated_arrivals_match_rate_and_cv():
     g = gamma_arrivals(rate=2.0, cv=3.0, duration_s=20000, seed=1)
     gaps = np.diff([a.time_s for a in g])
     assert abs(1 / gaps.mean() - 2.0) < 0.15 and abs(gaps.std() / gaps.mean() - 3.0) < 0.4
-    assert [a.time_s for a in poisson_arrivals(rate=1.0, duration_s=100, seed=7)] == \
-        [a.time_s for a in parse_arrivals("poisson:1", duration_s=100, seed=7)]
+    assert [a.time_s for a in poisson_arrivals(rate=1.0, duration_s=100, seed=7)] == [
+        a.time_s for a in parse_arrivals("poisson:1", duration_s=100, seed=7)
+    ]
 
 
 @pytest.mark.parametrize("spec", ["poisson:x", "gamma:1", "poisson:-1"])

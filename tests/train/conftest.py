@@ -6,8 +6,16 @@ import pytest
 
 # A handful of real stdlib modules (small, stable across 3.10-3.13), plus test-suite files
 # that the corpus builder must skip.
-MICRO_FILES = ("bisect.py", "heapq.py", "textwrap.py", "json/decoder.py", "json/encoder.py",
-               "json/scanner.py", "colorsys.py", "keyword.py")
+MICRO_FILES = (
+    "bisect.py",
+    "heapq.py",
+    "textwrap.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "json/scanner.py",
+    "colorsys.py",
+    "keyword.py",
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +26,14 @@ def micro_corpus(tmp_path_factory) -> Path:
         target = root / "lib" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(stdlib / name, target)
-    for excluded in ("test/test_x.py", "pkg/tests/util.py", "idlelib/idle_test/a.py",
-                     "pkg/test_y.py", "site-packages/thing.py", "notes.txt"):
+    for excluded in (
+        "test/test_x.py",
+        "pkg/tests/util.py",
+        "idlelib/idle_test/a.py",
+        "pkg/test_y.py",
+        "site-packages/thing.py",
+        "notes.txt",
+    ):
         target = root / excluded
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("EXCLUDED = True\n")

@@ -9,8 +9,21 @@ import pytest
 
 from ember.cli import main
 
-MICRO = ["--recipe", "ember-debug", "--seq-len", "32", "--batch-size", "2", "--vocab-size",
-         "320", "--val-fraction", "0.3", "--eval-tokens", "256", "--no-progress"]
+MICRO = [
+    "--recipe",
+    "ember-debug",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "2",
+    "--vocab-size",
+    "320",
+    "--val-fraction",
+    "0.3",
+    "--eval-tokens",
+    "256",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize(
@@ -51,8 +64,7 @@ def test_out_dir_guards(micro_corpus, tmp_path, capsys):
     assert main([*argv, "--max-steps", "3", "--warmup-steps", "1"]) == 1
     assert "pass --resume" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
-    assert main(["train", *MICRO, "--corpus-root", str(micro_corpus), "--out",
-                 str(tmp_path / "file")]) == 1
+    assert main(["train", *MICRO, "--corpus-root", str(micro_corpus), "--out", str(tmp_path / "file")]) == 1
     assert "is not a directory" in capsys.readouterr().err
 
 
@@ -67,7 +79,10 @@ def test_list_recipes_and_prepare_only(micro_corpus, capsys):
 def test_python_dash_m_entry_point():
     proc = subprocess.run(
         [sys.executable, "-m", "ember.train", "--out", "x", "--batch-size", "0"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "batch_size=0 must be positive" in proc.stderr and "Traceback" not in proc.stderr

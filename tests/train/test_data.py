@@ -58,8 +58,9 @@ def test_batches_resume_from_position():
     for _ in range(30):
         assert all(torch.equal(x, y) for x, y in zip(a.next_batch(), b.next_batch()))
     c = TrainBatches(_tokens(5000), seq_len=15, batch_size=4, seed=8)
-    assert not torch.equal(c.next_batch()[0], TrainBatches(
-        _tokens(5000), seq_len=15, batch_size=4, seed=7).next_batch()[0])
+    assert not torch.equal(
+        c.next_batch()[0], TrainBatches(_tokens(5000), seq_len=15, batch_size=4, seed=7).next_batch()[0]
+    )
 
 
 def test_too_few_tokens_is_a_clear_error():

@@ -14,8 +14,9 @@ from ember.train.model_init import build_model
 from ember.train.objective import DistillLoss, lm_loss
 from ember.train.run import RunOptions, run_training
 
-SHAPE = ModelShape(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                   intermediate_size=64, max_position_embeddings=64)
+SHAPE = ModelShape(
+    hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, max_position_embeddings=64
+)
 
 
 def _model(seed):
@@ -39,14 +40,13 @@ def test_distill_loss_math():
 
 def test_draft_distills_from_an_exported_teacher(micro_corpus, tmp_path):
     common = {"corpus_root": micro_corpus, "progress": False}
-    teacher = run_training(micro_recipe(max_steps=3, eval_interval=0),
-                           RunOptions(out_dir=tmp_path / "teacher", **common))
+    teacher = run_training(
+        micro_recipe(max_steps=3, eval_interval=0), RunOptions(out_dir=tmp_path / "teacher", **common)
+    )
     draft = micro_recipe(max_steps=3, eval_interval=0, seed=5, distill_alpha=0.7)
-    result = run_training(draft, RunOptions(out_dir=tmp_path / "draft",
-                                            distill_from=teacher.export_dir, **common))
+    result = run_training(draft, RunOptions(out_dir=tmp_path / "draft", distill_from=teacher.export_dir, **common))
     assert result.fit.step == 3 and math.isfinite(result.fit.last_eval.loss)
     # a teacher with another tokenizer cannot teach this draft
     other = micro_recipe(max_steps=3, eval_interval=0, vocab_size=300)
     with pytest.raises(InvalidInputError, match="tokenizer differs"):
-        run_training(other, RunOptions(out_dir=tmp_path / "other",
-                                       distill_from=teacher.export_dir, **common))
+        run_training(other, RunOptions(out_dir=tmp_path / "other", distill_from=teacher.export_dir, **common))

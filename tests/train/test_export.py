@@ -57,14 +57,16 @@ def test_ember_and_transformers_agree(exported):
         # NOTE: an explicit mask: with eos disabled, generate would otherwise infer one from
         # pad (= BOS = <|endoftext|>) and mask the prompt's first token.
         hf_greedy = theirs.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=12, do_sample=False, eos_token_id=None,
-        )[0, len(ids):].tolist()  # fmt: skip
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+        )[0, len(ids) :].tolist()
 
-    from ember.engine.llm import LLM
     from ember.core.sampling_params import SamplingParams
+    from ember.engine.llm import LLM
 
     llm = LLM(str(path), dtype="float32")
-    (result,) = llm.generate({"prompt_token_ids": ids},
-                             SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))
+    (result,) = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))
     assert result.outputs[0].token_ids == hf_greedy

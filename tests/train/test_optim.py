@@ -12,8 +12,9 @@ from ember.train.config import ModelShape, TrainConfig
 from ember.train.model_init import build_model
 from ember.train.optim import build_optimizer, build_scheduler, lr_factor
 
-SHAPE = ModelShape(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                   intermediate_size=64, max_position_embeddings=64)
+SHAPE = ModelShape(
+    hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, max_position_embeddings=64
+)
 
 
 def _model(seed=0):

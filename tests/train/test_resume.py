@@ -64,11 +64,16 @@ def test_resume_guards(micro_corpus, tmp_path):
 
 
 def test_time_budget_stops_cleanly(micro_corpus, tmp_path):
-    recipe = micro_recipe(max_steps=100000, warmup_steps=2, eval_interval=0,
-                          checkpoint_interval=0)
-    result = run_training(recipe, RunOptions(
-        out_dir=tmp_path / "run", corpus_root=micro_corpus, progress=False, max_minutes=0.02,
-    ))  # fmt: skip
+    recipe = micro_recipe(max_steps=100000, warmup_steps=2, eval_interval=0, checkpoint_interval=0)
+    result = run_training(
+        recipe,
+        RunOptions(
+            out_dir=tmp_path / "run",
+            corpus_root=micro_corpus,
+            progress=False,
+            max_minutes=0.02,
+        ),
+    )
     assert result.fit.stop_reason == "time_budget"
     assert 0 < result.fit.step < 100000
     assert list_checkpoints(tmp_path / "run")[-1].name == f"step-{result.fit.step:07d}.pt"

@@ -76,8 +76,7 @@ def test_cached_tokenizer_trains_once(micro_corpus, tmp_path):
     assert other != first and tokenizer_hash(other) != tokenizer_hash(first)
     # NOTE: training is deterministic, so a second machine with the same stdlib gets the
     # same tokenizer (and a draft trained there matches a target trained here).
-    retrained = save_tokenizer(train_tokenizer(corpus.texts("train"), 300), tmp_path / "re",
-                               model_max_length=1024)
+    retrained = save_tokenizer(train_tokenizer(corpus.texts("train"), 300), tmp_path / "re", model_max_length=1024)
     assert tokenizer_hash(retrained) == tokenizer_hash(first)
 
 

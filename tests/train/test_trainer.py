@@ -11,15 +11,15 @@ from ember.train.data import TrainBatches
 from ember.train.model_init import build_model
 from ember.train.trainer import Trainer
 
-SHAPE = ModelShape(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                   intermediate_size=64, max_position_embeddings=64)
+SHAPE = ModelShape(
+    hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, max_position_embeddings=64
+)
 # A learnable stream: each token determines the next.
 TOKENS = (np.arange(20000) * 7 % 300).astype(np.uint16)
 
 
 def _trainer(**overrides) -> Trainer:
-    config = TrainConfig(**{"seq_len": 16, "max_steps": 10, "warmup_steps": 1,
-                            "precision": "fp32", **overrides})
+    config = TrainConfig(**{"seq_len": 16, "max_steps": 10, "warmup_steps": 1, "precision": "fp32", **overrides})
     model = build_model(SHAPE, vocab_size=300, bos_token_id=0, eos_token_id=0, seed=0)
     batches = TrainBatches(TOKENS, seq_len=16, batch_size=config.batch_size, seed=0)
     return Trainer(model, config, batches, [])
@@ -47,6 +47,7 @@ def test_failed_compile_falls_back_to_eager(monkeypatch):
     def broken_compile(fn):
         def call(*args):
             raise RuntimeError("no C++ compiler")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)

@@ -36,7 +36,10 @@ def test_generate_uses_ember_tiny_by_default():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "ember.cli", "generate", "def fibonacci(n):", "--max-tokens", "24"],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
@@ -46,5 +49,5 @@ def test_models_lists_the_family():
     result = subprocess.run([sys.executable, "-m", "ember.cli", "models"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for name in SHIPPED:
-        line = next(l for l in result.stdout.splitlines() if l.startswith(name))
+        line = next(row for row in result.stdout.splitlines() if row.startswith(name))
         assert "shipped" in line and "MB" in line

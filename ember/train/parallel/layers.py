@@ -52,19 +52,22 @@ def tensor_parallelize_layer(layer: nn.Module, tp_mesh: DeviceMesh) -> None:
     tp = tp_mesh.size()
     attn, mlp = layer.self_attn, layer.mlp
     if attn.num_heads % tp or attn.num_kv_heads % tp:
-        raise ValueError(f"tp={tp} must divide num_heads={attn.num_heads} and "
-                         f"num_kv_heads={attn.num_kv_heads}")  # fmt: skip
+        raise ValueError(f"tp={tp} must divide num_heads={attn.num_heads} and num_kv_heads={attn.num_kv_heads}")
     inter = mlp.down_proj.in_features
     if inter % tp:
         raise ValueError(f"tp={tp} must divide intermediate_size={inter}")
     _permute_rows(attn.qkv_proj, tp_row_order([attn.q_size, attn.kv_size, attn.kv_size], tp))
     _permute_rows(mlp.gate_up_proj, tp_row_order([inter, inter], tp))
-    parallelize_module(layer, tp_mesh, {
-        "self_attn.qkv_proj": ColwiseParallel(),
-        "self_attn.o_proj": RowwiseParallel(),
-        "mlp.gate_up_proj": ColwiseParallel(),
-        "mlp.down_proj": RowwiseParallel(),
-    })  # fmt: skip
+    parallelize_module(
+        layer,
+        tp_mesh,
+        {
+            "self_attn.qkv_proj": ColwiseParallel(),
+            "self_attn.o_proj": RowwiseParallel(),
+            "mlp.gate_up_proj": ColwiseParallel(),
+            "mlp.down_proj": RowwiseParallel(),
+        },
+    )
     attn.num_heads //= tp
     attn.num_kv_heads //= tp
     attn.q_size //= tp

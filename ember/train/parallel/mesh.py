@@ -27,8 +27,9 @@ def init_distributed(backend: str | None = None) -> None:
     needed = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     missing = [k for k in needed if k not in os.environ]
     if missing:
-        raise RuntimeError(f"not launched as a distributed job: {', '.join(missing)} unset "
-                           "(use torchrun --nproc-per-node N ...)")  # fmt: skip
+        raise RuntimeError(
+            f"not launched as a distributed job: {', '.join(missing)} unset (use torchrun --nproc-per-node N ...)"
+        )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
@@ -41,8 +42,7 @@ class PlanMesh:
     def __init__(self, plan: Plan, *, tied_embeddings: bool = False, device_type: str = "cpu"):
         world = dist.get_world_size()
         if world != plan.num_devices:
-            raise ValueError(f"the plan is for num_devices={plan.num_devices}, but "
-                             f"{world} processes were started")  # fmt: skip
+            raise ValueError(f"the plan is for num_devices={plan.num_devices}, but {world} processes were started")
         self.plan = plan
         self.rank = dist.get_rank()
         self.world_size = world
@@ -52,8 +52,7 @@ class PlanMesh:
         self.tp_degrees = sorted({1, *(s.tp for s in plan.layers)})
         grid = torch.arange(world)
         self.meshes = {
-            t: DeviceMesh(device_type, grid.reshape(plan.pp, n // t, t),
-                          mesh_dim_names=("pp", "dp", "tp"))
+            t: DeviceMesh(device_type, grid.reshape(plan.pp, n // t, t), mesh_dim_names=("pp", "dp", "tp"))
             for t in self.tp_degrees
         }
         self.stage_group = self.meshes[1]["dp"].get_group()  # every rank of this stage
@@ -78,8 +77,7 @@ class PlanMesh:
         for stage in range(self.plan.pp):
             for block in range(n // big):
                 for offset in range(small):
-                    ranks = [stage * n + block * big + j * small + offset
-                             for j in range(big // small)]  # fmt: skip
+                    ranks = [stage * n + block * big + j * small + offset for j in range(big // small)]
                     group = dist.new_group(ranks)
                     if self.rank in ranks:
                         mine = group

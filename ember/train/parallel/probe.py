@@ -46,11 +46,18 @@ def synthetic_tokens(vocab_size: int, num_tokens: int, seed: int) -> np.ndarray:
 def spec_config(spec: dict, *, batch_size: int, grad_accum: int) -> TrainConfig:
     steps = int(spec["steps"])
     return TrainConfig(
-        seq_len=int(spec["seq_len"]), batch_size=batch_size, grad_accum=grad_accum,
-        max_steps=max(steps, 2), warmup_steps=1, lr=float(spec.get("lr", 3e-3)),
-        precision=spec.get("precision", "fp32"), seed=int(spec.get("seed", 0)),
-        vocab_size=int(spec["vocab_size"]), eval_interval=0, checkpoint_interval=0,
-    )  # fmt: skip
+        seq_len=int(spec["seq_len"]),
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_steps=max(steps, 2),
+        warmup_steps=1,
+        lr=float(spec.get("lr", 3e-3)),
+        precision=spec.get("precision", "fp32"),
+        seed=int(spec.get("seed", 0)),
+        vocab_size=int(spec["vocab_size"]),
+        eval_interval=0,
+        checkpoint_interval=0,
+    )
 
 
 def build_probe(spec: dict, *, batch_size: int, grad_accum: int):
@@ -60,12 +67,10 @@ def build_probe(spec: dict, *, batch_size: int, grad_accum: int):
 
     config = spec_config(spec, batch_size=batch_size, grad_accum=grad_accum)
     shape = ModelShape(**spec["shape"])
-    model = build_model(shape, vocab_size=config.vocab_size, bos_token_id=0, eos_token_id=0,
-                        seed=config.seed)  # fmt: skip
+    model = build_model(shape, vocab_size=config.vocab_size, bos_token_id=0, eos_token_id=0, seed=config.seed)
     num_tokens = (config.seq_len + 1) * batch_size * grad_accum * (int(spec["steps"]) + 1)
     tokens = synthetic_tokens(config.vocab_size, num_tokens, config.seed)
-    batches = TrainBatches(tokens, seq_len=config.seq_len, batch_size=batch_size,
-                           seed=config.seed)  # fmt: skip
+    batches = TrainBatches(tokens, seq_len=config.seq_len, batch_size=batch_size, seed=config.seed)
     return model, config, batches
 
 
@@ -76,8 +81,11 @@ def reference_run(spec: dict, *, batch_size: int, grad_accum: int) -> dict:
     model, config, batches = build_probe(spec, batch_size=batch_size, grad_accum=grad_accum)
     trainer = Trainer(model, config, batches, [])
     results = [trainer.train_step() for _ in range(int(spec["steps"]))]
-    return {"losses": [r.loss for r in results], "grad_norms": [r.grad_norm for r in results],
-            "step_s": [r.seconds for r in results]}  # fmt: skip
+    return {
+        "losses": [r.loss for r in results],
+        "grad_norms": [r.grad_norm for r in results],
+        "step_s": [r.seconds for r in results],
+    }
 
 
 def run_rank(plan: Plan, spec: dict) -> dict | None:
@@ -87,8 +95,7 @@ def run_rank(plan: Plan, spec: dict) -> dict | None:
     from ember.train.parallel.trainer import DistTrainer
     from ember.train.parallelize import parallelize
 
-    model, config, batches = build_probe(spec, batch_size=plan.micro_batch_size,
-                                         grad_accum=plan.num_micro_batches)  # fmt: skip
+    model, config, batches = build_probe(spec, batch_size=plan.micro_batch_size, grad_accum=plan.num_micro_batches)
     mesh = PlanMesh(plan, tied_embeddings=model.lm_head is None)
     meter = MemoryMeter()
     autocast = torch.bfloat16 if config.precision == "bf16" else None
@@ -97,11 +104,13 @@ def run_rank(plan: Plan, spec: dict) -> dict | None:
     trainer = DistTrainer(parallel, config, batches, meter=meter)
     steps = [trainer.train_step() for _ in range(int(spec["steps"]))]
     mine = {
-        "rank": mesh.rank, "stage": mesh.stage, "state_bytes": trainer.peak_state_bytes,
+        "rank": mesh.rank,
+        "stage": mesh.stage,
+        "state_bytes": trainer.peak_state_bytes,
         "activation_peak_bytes": meter.peak_bytes,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "step_s": [r.seconds for r in steps],
-    }  # fmt: skip
+    }
     gathered = [None] * mesh.world_size
     dist.all_gather_object(gathered, mine)
     if mesh.rank != 0:
@@ -145,30 +154,37 @@ def run_jobs(jobs: list[tuple[Plan, dict]], *, folder: Path, timeout_s: float = 
     folder.mkdir(parents=True, exist_ok=True)
     jobs_file, out_file = folder / "jobs.json", folder / "results.json"
     jobs_file.write_text(json.dumps([{"plan": p.to_dict(), "spec": s} for p, s in jobs]))
-    launch_local(["ember.train.parallel.probe", "--jobs", str(jobs_file), "--out", str(out_file)],
-                 num.pop(), timeout_s=timeout_s)  # fmt: skip
+    launch_local(
+        ["ember.train.parallel.probe", "--jobs", str(jobs_file), "--out", str(out_file)], num.pop(), timeout_s=timeout_s
+    )
     return json.loads(out_file.read_text())
 
 
-def launch_local(
-    module_args: list[str], num_procs: int, *, timeout_s: float = 600, threads: int = 1
-) -> list[str]:
+def launch_local(module_args: list[str], num_procs: int, *, timeout_s: float = 600, threads: int = 1) -> list[str]:
     """Run ``python -m <module_args>`` as ``num_procs`` ranks on 127.0.0.1 (what torchrun
     does on one machine, without its agent); returns each rank's output. If a rank fails or
     the time runs out, the others are stopped and RuntimeError carries the failing output."""
     import tempfile
     import time
 
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": str(num_procs), "OMP_NUM_THREADS": str(threads)}  # fmt: skip
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(num_procs),
+        "OMP_NUM_THREADS": str(threads),
+    }
     with tempfile.TemporaryDirectory(prefix="ember-ranks-") as tmp:
         logs = [Path(tmp) / f"rank{r}.log" for r in range(num_procs)]
         procs = []
         for rank, log in enumerate(logs):
             rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
             with log.open("w") as f:
-                procs.append(subprocess.Popen([sys.executable, "-m", *module_args],
-                                              env=rank_env, stdout=f, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", *module_args], env=rank_env, stdout=f, stderr=subprocess.STDOUT
+                    )
+                )
         deadline = time.monotonic() + timeout_s
         failed = None
         try:

@@ -41,10 +41,8 @@ def run_planned(recipe: Recipe, options, plan_path: Path):
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"--plan {plan_path}: {exc}") from None
     if options.resume or options.max_minutes is not None or options.distill_from is not None:
-        raise InvalidInputError("--plan runs do not support --resume, --max-minutes or "
-                                "--distill-from yet")  # fmt: skip
-    recipe = with_overrides(recipe, {"batch_size": plan.micro_batch_size,
-                                     "grad_accum": plan.num_micro_batches})  # fmt: skip
+        raise InvalidInputError("--plan runs do not support --resume, --max-minutes or --distill-from yet")
+    recipe = with_overrides(recipe, {"batch_size": plan.micro_batch_size, "grad_accum": plan.num_micro_batches})
     try:
         init_distributed()
     except RuntimeError as exc:
@@ -58,8 +56,13 @@ def run_planned(recipe: Recipe, options, plan_path: Path):
     if rank != 0:
         data = prepare_data(recipe, options)
     config = recipe.train
-    model = build_model(recipe.model, vocab_size=data.vocab_size, bos_token_id=data.eos_token_id,
-                        eos_token_id=data.eos_token_id, seed=config.seed)  # fmt: skip
+    model = build_model(
+        recipe.model,
+        vocab_size=data.vocab_size,
+        bos_token_id=data.eos_token_id,
+        eos_token_id=data.eos_token_id,
+        seed=config.seed,
+    )
     try:
         mesh = PlanMesh(plan, tied_embeddings=model.lm_head is None)
         meter = MemoryMeter()
@@ -67,8 +70,7 @@ def run_planned(recipe: Recipe, options, plan_path: Path):
         parallel = parallelize(model, plan, mesh, autocast_dtype=autocast, meter=meter)
     except ValueError as exc:
         raise InvalidInputError(f"--plan {plan_path}: {exc}") from None
-    batches = TrainBatches(data.tokens["train"], seq_len=config.seq_len,
-                           batch_size=config.batch_size, seed=config.seed)  # fmt: skip
+    batches = TrainBatches(data.tokens["train"], seq_len=config.seq_len, batch_size=config.batch_size, seed=config.seed)
     trainer = DistTrainer(parallel, config, batches, meter=meter)
     out = options.out_dir
     if rank == 0:
@@ -81,31 +83,46 @@ def run_planned(recipe: Recipe, options, plan_path: Path):
         folder = out / "checkpoints" / f"step-{trainer.step}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"rank-{rank}.pt"
-        state = {"plan": plan.to_dict(), "step": trainer.step,
-                 "model": {k: _local(v) for k, v in trainer.model.state_dict().items()}}
+        state = {
+            "plan": plan.to_dict(),
+            "step": trainer.step,
+            "model": {k: _local(v) for k, v in trainer.model.state_dict().items()},
+        }
         torch.save(state, path)
         return path
 
-    result = fit(trainer, save=save, metrics_file=out / "metrics.jsonl" if rank == 0 else None,
-                 stop_at_step=options.stop_at_step, progress=options.progress and rank == 0)
+    result = fit(
+        trainer,
+        save=save,
+        metrics_file=out / "metrics.jsonl" if rank == 0 else None,
+        stop_at_step=options.stop_at_step,
+        progress=options.progress and rank == 0,
+    )
     report = {
-        "rank": rank, "stage": mesh.stage, "local_rank": mesh.local_rank,
+        "rank": rank,
+        "stage": mesh.stage,
+        "local_rank": mesh.local_rank,
         "tokens_per_s": trainer.tokens_seen / max(trainer.elapsed_s, 1e-9),
         "peak_state_bytes": trainer.peak_state_bytes,
         "peak_activation_bytes": meter.peak_bytes,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }  # fmt: skip
+    }
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank-{rank}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"rank {rank} (stage {mesh.stage}): {report['tokens_per_s']:.0f} tokens/s, peak "
-          f"states {report['peak_state_bytes'] / 2**20:.1f} MiB + activations "
-          f"{report['peak_activation_bytes'] / 2**20:.1f} MiB, max RSS "
-          f"{report['max_rss_bytes'] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+    print(
+        f"rank {rank} (stage {mesh.stage}): {report['tokens_per_s']:.0f} tokens/s, peak "
+        f"states {report['peak_state_bytes'] / 2**20:.1f} MiB + activations "
+        f"{report['peak_activation_bytes'] / 2**20:.1f} MiB, max RSS "
+        f"{report['max_rss_bytes'] / 2**20:.0f} MiB",
+        flush=True,
+    )
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:
-        print(f"{recipe.name}: stopped ({result.stop_reason}) at step {result.step} under "
-              f"plan {plan_path}; per-rank reports in {out / 'ranks'}")
+        print(
+            f"{recipe.name}: stopped ({result.stop_reason}) at step {result.step} under "
+            f"plan {plan_path}; per-rank reports in {out / 'ranks'}"
+        )
     return result
 
 

@@ -54,8 +54,9 @@ class StageModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hooks = self.meter.hooks() if self.meter is not None else contextlib.nullcontext()
-        autocast = torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.float32,
-                                  enabled=self.autocast_dtype is not None)  # fmt: skip
+        autocast = torch.autocast(
+            x.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        )
         with hooks, autocast:
             h = self.embed(x) if self.embed is not None else x
             positions = torch.arange(h.shape[1], device=h.device)[None]

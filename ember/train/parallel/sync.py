@@ -35,8 +35,7 @@ class GradSync:
         """``group`` None (a data-parallel degree of one) = nothing to reduce."""
         if group is None or dist.get_world_size(group) == 1 or not params:
             return
-        bucket = {"params": params, "group": group, "count": 0, "work": None, "flat": None,
-                  "hooks": []}  # fmt: skip
+        bucket = {"params": params, "group": group, "count": 0, "work": None, "flat": None, "hooks": []}
         for p in params:
             hook = p.register_post_accumulate_grad_hook(lambda _p, b=bucket: self._on_grad(b))
             bucket["hooks"].append(hook)

@@ -24,8 +24,7 @@ from ember.train.trainer import StepResult
 
 
 class DistTrainer:
-    def __init__(self, parallel: ParallelModel, config: TrainConfig, train_batches: TrainBatches,
-                 *, meter=None):  # fmt: skip
+    def __init__(self, parallel: ParallelModel, config: TrainConfig, train_batches: TrainBatches, *, meter=None):
         """``meter``: the ``MemoryMeter`` the stage records into; its peak is reset after
         the first step."""
         plan = parallel.plan
@@ -61,11 +60,9 @@ class DistTrainer:
         )
 
         plan, mesh = self.parallel.plan, self.parallel.mesh
-        stage = PipelineStage(self.model, mesh.stage, plan.pp, torch.device("cpu"),
-                              group=mesh.pp_group)  # fmt: skip
+        stage = PipelineStage(self.model, mesh.stage, plan.pp, torch.device("cpu"), group=mesh.pp_group)
         kind = Schedule1F1B if plan.schedule == "1f1b" else ScheduleGPipe
-        return kind(stage, n_microbatches=plan.num_micro_batches, loss_fn=self._loss,
-                    scale_grads=False)  # fmt: skip
+        return kind(stage, n_microbatches=plan.num_micro_batches, loss_fn=self._loss, scale_grads=False)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # NOTE: divided by every rank and micro-batch of the step, so that gradients add up
