@@ -63,6 +63,18 @@ def apply_kv_copies(kv_caches: list[KVCache], copies: Sequence[KVCopy]) -> None:
     copy_slots(kv_caches, src, dst)
 
 
+def read_slots(kv_caches: list[KVCache], slots: torch.Tensor) -> torch.Tensor:
+    """K and V of every layer at ``slots`` (``[n]`` long) -> ``[num_layers, 2, H_kv, n, D]``."""
+    return torch.stack([torch.stack([c.view(c.shape[0], -1, c.shape[-1])[:, slots] for c in kv]) for kv in kv_caches])
+
+
+def write_slots(kv_caches: list[KVCache], slots: torch.Tensor, kv: torch.Tensor) -> None:
+    """The inverse of ``read_slots``: store ``kv`` ``[num_layers, 2, H_kv, n, D]`` at ``slots``."""
+    for layer, cache_pair in zip(kv, kv_caches, strict=True):
+        for new, cache in zip(layer, cache_pair):
+            cache.view(cache.shape[0], -1, cache.shape[-1])[:, slots] = new.to(cache.dtype)
+
+
 def head_block_index(block_ids: torch.Tensor, num_kv_heads: int, num_blocks: int) -> torch.Tensor:
     """Rows of the cache viewed as ``[H_kv * num_blocks, block_size * D]`` that hold
     ``block_ids`` for every head, head-major: ``[H_kv * block_ids.numel()]``."""

@@ -9,6 +9,7 @@ dtype and machine, side by side in one run.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ember.errors import InvalidInputError
+from ember.zoo import resolve_model
 
 # ~46M parameters: the Llama shape of the target in the engine issue.
 BENCH_LLAMA = dict(
@@ -182,8 +184,9 @@ def self_systems(cfg: OfflineBenchConfig):
 def run_offline_bench(cfg: OfflineBenchConfig, log=print) -> dict:
     _check_dtype(cfg.dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        path = cfg.model or str(write_bench_checkpoint(Path(tmp) / "bench-llama", cfg.seed))
-        import json
+        path = (
+            resolve_model(cfg.model) if cfg.model else str(write_bench_checkpoint(Path(tmp) / "bench-llama", cfg.seed))
+        )
 
         vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
         prompts = make_prompts(cfg, vocab)

@@ -24,6 +24,7 @@ from ember.core.sampling import Sampler, make_generator
 from ember.core.sampling_params import SamplingParams
 from ember.distributed.layout import ParallelLayout
 from ember.engine.chunking import AdaptiveBudget
+from ember.engine.migration import RequestSnapshot, export_requests, import_requests
 from ember.engine.output_processor import OutputProcessor, RequestGroup, SequenceState
 from ember.engine.outputs import RequestOutput
 from ember.engine.scheduler import Scheduler
@@ -139,6 +140,15 @@ class LLMEngine:
             for seq in group.sequences:
                 self.scheduler.abort(seq.request.request_id)
             self._release(group)
+
+    def export_requests(self, request_ids: list[str] | None = None, *, with_kv: bool = True) -> list[RequestSnapshot]:
+        """Take unfinished requests out (all by default) as snapshots for another engine of
+        the same model (``ember.engine.migration``); call between steps."""
+        return export_requests(self, request_ids, with_kv=with_kv)
+
+    def import_requests(self, snapshots: list[RequestSnapshot]) -> list[str]:
+        """Continue exported requests here, each at its next token."""
+        return import_requests(self, snapshots)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.outputs.groups)

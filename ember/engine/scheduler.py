@@ -48,9 +48,35 @@ class Scheduler:
         self.num_tokens_run = 0
         self._pending_copies: list[KVCopy] = []  # from the last update, for the next batch
 
-    def add(self, request: Request) -> None:
+    def add(self, request: Request, *, front: bool = False) -> None:
+        """Queue a request; ``front`` puts it before the others (one resumed from another
+        engine was already in flight). Its tokens so far are computed again when it runs."""
+        request.status, request.num_computed_tokens, request.pending_holes = RequestStatus.WAITING, 0, []
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        if front:
+            self.waiting.appendleft(request)
+        else:
+            self.waiting.append(request)
+
+    def adopt(self, request: Request, num_computed_tokens: int) -> list[int] | None:
+        """Take a request in as running with the KV of its first ``num_computed_tokens``
+        tokens about to be written by the caller to the returned block table (then
+        ``cache_computed``). None, changing nothing, when the sequence limit or the free
+        blocks do not allow it."""
+        if len(self.running) >= self.config.max_num_seqs or not 0 < num_computed_tokens < request.num_tokens:
+            return None
+        request.num_computed_tokens, request.pending_holes = 0, []
+        if not self.kv_cache.allocate_slots(request, num_computed_tokens):
+            return None
+        request.num_computed_tokens = num_computed_tokens
+        request.status = RequestStatus.RUNNING
+        self.requests[request.request_id] = request
+        self.running.append(request)
+        return list(self.kv_cache.block_table(request.request_id))
+
+    def cache_computed(self, request: Request) -> None:
+        """Offer the request's full computed blocks to the prefix cache (their KV is in)."""
+        self.kv_cache.cache_computed_blocks(request)
 
     @property
     def has_unfinished(self) -> bool:

@@ -3,6 +3,7 @@ need of whatever runs a batch (one process, or tensor/pipeline ranks in worker p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -24,6 +25,13 @@ class Runner(Protocol):
     can_profile: bool  # timing its steps here measures the model (not other processes)
 
     def run(self, batch: Batch) -> RunnerOutput: ...
+
+    def read_kv(self, slots: Sequence[int]) -> torch.Tensor:
+        """K and V at cache ``slots`` on every layer: ``[num_layers, 2, num_kv_heads, n,
+        head_dim]`` on the CPU (whole heads, whatever the ranks hold)."""
+
+    def write_kv(self, slots: Sequence[int], kv: torch.Tensor) -> None:
+        """Store ``kv`` (``read_kv``'s shape) at ``slots``."""
 
     def close(self) -> None:
         """Release worker processes, if any; idempotent."""

@@ -3,10 +3,12 @@ attention metadata, returns logits rows. It never imports the scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ember.attention import allocate_kv_cache
-from ember.attention.kv_cache import apply_kv_copies
+from ember.attention.kv_cache import apply_kv_copies, read_slots, write_slots
 from ember.attention.step_inputs import build_step_inputs
 from ember.core.batch import Batch, RunnerOutput
 from ember.models.config import ModelArchConfig
@@ -83,6 +85,15 @@ class ModelRunner:
             },
             tree_logits={r.request_id: logits(r.start, r.end) for r in inputs.rows if r.kind == "tree"},
         )
+
+    @torch.inference_mode()
+    def read_kv(self, slots: Sequence[int]) -> torch.Tensor:
+        return read_slots(self.kv_caches, torch.tensor(list(slots), dtype=torch.long, device=self.device)).cpu()
+
+    @torch.inference_mode()
+    def write_kv(self, slots: Sequence[int], kv: torch.Tensor) -> None:
+        index = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        write_slots(self.kv_caches, index, kv.to(self.device))
 
     def close(self) -> None:
         """Nothing to release: the model lives in this process."""
