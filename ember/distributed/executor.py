@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -28,9 +30,33 @@ import torch
 
 from ember.core.batch import Batch, RunnerOutput
 from ember.distributed.layout import ParallelLayout
-from ember.distributed.messages import Ready, Shutdown, StepRequest, StepResult, WorkerFailed, WorkerInit
+from ember.distributed.messages import (
+    KVShard,
+    ReadKV,
+    Ready,
+    Shutdown,
+    StepRequest,
+    StepResult,
+    WireTensor,
+    WorkerFailed,
+    WorkerInit,
+    WriteKV,
+)
 from ember.distributed.process import free_port
+from ember.distributed.shards import local_sizes
 from ember.errors import WorkerError
+from ember.models.config import ModelArchConfig
+from ember.models.loader import _read_json
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """What ended a distributed instance: reported to every failure listener (the SpotServe
+    executor treats it as the instance's loss) before ``WorkerError`` is raised."""
+
+    rank: int | None  # None when no single rank is to blame (e.g. a timeout)
+    pid: int | None
+    message: str
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -69,6 +95,9 @@ class DistributedExecutor:
         self.kv_dtype = dtype
         self.num_messages: list[Counter[str]] = [Counter() for _ in range(layout.world_size)]  # by type
         self.step_timeout_s = step_timeout_s
+        self.arch = ModelArchConfig.from_hf(_read_json(Path(model_path) / "config.json", required=True))
+        self.failure: RankFailure | None = None
+        self._failure_listeners: list[Callable[[RankFailure], None]] = []
         self._closed_reason: str | None = None
         self._step_ids = itertools.count()
         port = free_port()
@@ -145,6 +174,41 @@ class DistributedExecutor:
             tree_logits={rid: tensor(a) for rid, a in result.tree_logits.items()},
         )
 
+    def read_kv(self, slots: Sequence[int]) -> torch.Tensor:
+        """Every rank's shard of the slots, assembled into whole layers and KV heads."""
+        request_id = next(self._step_ids)
+        self._broadcast(ReadKV(request_id=request_id, slots=list(slots)))
+        arch = self.arch
+        full = torch.empty(arch.num_layers, 2, arch.num_kv_heads, len(slots), arch.head_dim, dtype=self.kv_dtype)
+        for rank in range(self.layout.world_size):
+            shard = self._receive(rank, KVShard, timeout_s=self.step_timeout_s, doing="reading KV")
+            assert shard.request_id == request_id, (shard.request_id, request_id)
+            layers, heads = self._rank_kv_range(rank)
+            # NOTE: replicated KV heads (tp > num_kv_heads) arrive from several ranks, equal.
+            full[layers.start : layers.stop, :, heads.start : heads.stop] = shard.kv.tensor()
+        return full
+
+    def write_kv(self, slots: Sequence[int], kv: torch.Tensor) -> None:
+        for rank in range(self.layout.world_size):
+            layers, heads = self._rank_kv_range(rank)
+            part = kv[layers.start : layers.stop, :, heads.start : heads.stop].to(self.kv_dtype)
+            self._send(rank, WriteKV(slots=list(slots), kv=WireTensor.of(part)))
+
+    def _rank_kv_range(self, rank: int) -> tuple[range, range]:
+        """The layers and KV heads of the full cache that ``rank`` holds."""
+        coord = self.layout.coord(rank)
+        sizes = local_sizes(self.arch, self.layout.tp_size, coord.tp)
+        heads = range(sizes["kv_head_start"], sizes["kv_head_start"] + sizes["num_kv_heads"])
+        return self.layout.stage_layers(coord.pp, self.arch.num_layers), heads
+
+    # -------------------------------------------------------------- failures
+    def add_failure_listener(self, listener: Callable[[RankFailure], None]) -> None:
+        """Call ``listener(failure)`` once when the instance fails (a rank dies, errs, or stops
+        answering), before the error reaches whoever is waiting on it."""
+        self._failure_listeners.append(listener)
+        if self.failure is not None:
+            listener(self.failure)
+
     # --------------------------------------------------------------- lifetime
     def close(self, timeout_s: float = 10.0) -> None:
         """Shut the ranks down (they leave the process group together); kill any rank still
@@ -189,27 +253,35 @@ class DistributedExecutor:
                 pass
         self._sentinels = []
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, rank: int | None = None) -> None:
+        if self.failure is None:
+            pid = self._procs[rank].pid if rank is not None else None
+            self.failure = RankFailure(rank=rank, pid=pid, message=message)
+            for listener in self._failure_listeners:
+                listener(self.failure)
         self._closed_reason = message
         atexit.unregister(self.close)
         self._kill_all()
         raise WorkerError(message)
 
     def _broadcast(self, message) -> None:
+        for rank in range(self.layout.world_size):
+            self._send(rank, message)
+
+    def _send(self, rank: int, message) -> None:
         if self._closed_reason is not None:
             raise WorkerError(f"the tensor/pipeline workers are gone: {self._closed_reason}")
-        for rank, conn in enumerate(self._conns):
-            try:
-                conn.send(message)
-                self.num_messages[rank][type(message).__name__] += 1
-            except (OSError, ValueError):
-                self._check_alive()
-                self._fail(f"tensor/pipeline worker rank {rank} is unreachable")
+        try:
+            self._conns[rank].send(message)
+            self.num_messages[rank][type(message).__name__] += 1
+        except (OSError, ValueError):
+            self._check_alive()
+            self._fail(f"tensor/pipeline worker rank {rank} is unreachable", rank)
 
     def _check_alive(self) -> None:
         for rank, proc in enumerate(self._procs):
             if proc.poll() is not None:
-                self._fail(self._exit_of(rank))
+                self._fail(self._exit_of(rank), rank)
 
     def _dead_rank(self, wait_s: float) -> int | None:
         """The first rank found exited with an error within ``wait_s``, if any."""
@@ -233,7 +305,7 @@ class DistributedExecutor:
                 message = self._inbox[rank].pop(0)
                 if isinstance(message, kind):
                     return message
-                self._fail(f"tensor/pipeline worker rank {rank} sent an unexpected {type(message).__name__}")
+                self._fail(f"tensor/pipeline worker rank {rank} sent an unexpected {type(message).__name__}", rank)
             left = deadline - time.monotonic()
             if left <= 0:
                 self._fail(f"tensor/pipeline workers: no reply from rank {rank} within {timeout_s:.0f} s while {doing}")
@@ -247,7 +319,7 @@ class DistributedExecutor:
                 try:
                     message = obj.recv()
                 except (EOFError, OSError):
-                    self._fail(f"{self._exit_of(source)} while {doing}")
+                    self._fail(f"{self._exit_of(source)} while {doing}", source)
                 if isinstance(message, WorkerFailed):
                     # NOTE: a rank that died takes its peers' collectives down with it; their
                     # reports ("connection reset") can arrive before its exit status. Name
@@ -255,9 +327,14 @@ class DistributedExecutor:
                     dead = self._dead_rank(wait_s=1.0)
                     if dead is not None and dead != message.rank:
                         last = message.error.strip().splitlines()[-1] if message.error.strip() else ""
-                        self._fail(f"{self._exit_of(dead)} while {doing} (rank {message.rank} then failed: {last})")
-                    self._fail(f"tensor/pipeline worker rank {message.rank} failed while {doing}:\n{message.error}")
+                        self._fail(
+                            f"{self._exit_of(dead)} while {doing} (rank {message.rank} then failed: {last})", dead
+                        )
+                    self._fail(
+                        f"tensor/pipeline worker rank {message.rank} failed while {doing}:\n{message.error}",
+                        message.rank,
+                    )
                 self._inbox[source].append(message)
             for obj in ready:
                 if obj in sentinels:
-                    self._fail(f"{self._exit_of(sentinels[obj])} while {doing}")
+                    self._fail(f"{self._exit_of(sentinels[obj])} while {doing}", sentinels[obj])

@@ -18,10 +18,21 @@ import torch
 import torch.distributed as dist
 
 from ember.attention import allocate_kv_cache
-from ember.attention.kv_cache import apply_kv_copies
+from ember.attention.kv_cache import apply_kv_copies, read_slots, write_slots
 from ember.attention.step_inputs import LogitsRows, build_step_inputs
 from ember.core.batch import ScheduledRequest
-from ember.distributed.messages import Ready, Shutdown, StepRequest, StepResult, WorkerFailed, WorkerInit
+from ember.distributed.messages import (
+    KVShard,
+    ReadKV,
+    Ready,
+    Shutdown,
+    StepRequest,
+    StepResult,
+    WireTensor,
+    WorkerFailed,
+    WorkerInit,
+    WriteKV,
+)
 from ember.distributed.process import exit_rank
 from ember.distributed.sharded_loader import load_shard
 from ember.distributed.shards import local_sizes
@@ -178,6 +189,13 @@ def worker_main(init: WorkerInit, conn) -> None:
                 result = worker.step(message)
                 if result is not None:
                     conn.send(result)
+            elif isinstance(message, ReadKV):
+                slots = torch.tensor(message.slots, dtype=torch.long, device=worker.device)
+                kv = WireTensor.of(read_slots(worker.kv_caches, slots))
+                conn.send(KVShard(request_id=message.request_id, rank=init.rank, kv=kv))
+            elif isinstance(message, WriteKV):
+                slots = torch.tensor(message.slots, dtype=torch.long, device=worker.device)
+                write_slots(worker.kv_caches, slots, message.kv.tensor().to(worker.device))
             elif isinstance(message, Shutdown):
                 # NOTE: leave the group together (barrier) before destroying it; exit_rank
                 # skips interpreter finalization, where gloo may abort.

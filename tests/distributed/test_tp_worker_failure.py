@@ -43,6 +43,8 @@ def test_killed_rank_fails_the_step_clearly_and_leaves_no_process(victim, hf_che
     llm = LLM(str(hf_checkpoints("llama_gqa")), pipeline_parallel_size=2, **OPTIONS)
     engine, executor = llm.engine, llm.engine.runner
     pids = executor.worker_pids
+    reported = []
+    executor.add_failure_listener(reported.append)
     for prompt in random_prompts(3, vocab=300, min_len=10, max_len=20, seed=4):
         engine.add_request(None, prompt, greedy(20))
     engine.step()
@@ -54,6 +56,8 @@ def test_killed_rank_fails_the_step_clearly_and_leaves_no_process(victim, hf_che
             engine.step()
     assert isinstance(info.value, EmberError)
     assert time.monotonic() - start < BOUND_S
+    # the instance's loss was reported (once) before the error, naming the dead rank
+    assert [(f.rank, f.pid) for f in reported] == [(victim, pids[victim])]
     assert wait_gone(pids, 5) == []
     assert all(p.returncode is not None for p in executor._procs)  # reaped, no zombies
     with pytest.raises(WorkerError, match="workers are gone"):
