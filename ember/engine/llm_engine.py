@@ -141,10 +141,13 @@ class LLMEngine:
                 self.scheduler.abort(seq.request.request_id)
             self._release(group)
 
-    def export_requests(self, request_ids: list[str] | None = None, *, with_kv: bool = True) -> list[RequestSnapshot]:
+    def export_requests(
+        self, request_ids: list[str] | None = None, *, with_kv: bool = True, remove: bool = True
+    ) -> list[RequestSnapshot]:
         """Take unfinished requests out (all by default) as snapshots for another engine of
-        the same model (``ember.engine.migration``); call between steps."""
-        return export_requests(self, request_ids, with_kv=with_kv)
+        the same model (``ember.engine.migration``); ``remove=False`` checkpoints them
+        instead. Call between steps."""
+        return export_requests(self, request_ids, with_kv=with_kv, remove=remove)
 
     def import_requests(self, snapshots: list[RequestSnapshot]) -> list[str]:
         """Continue exported requests here, each at its next token."""

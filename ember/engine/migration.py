@@ -69,10 +69,11 @@ class RequestSnapshot:
 
 
 def export_requests(
-    engine: LLMEngine, request_ids: Sequence[str] | None = None, *, with_kv: bool = True
+    engine: LLMEngine, request_ids: Sequence[str] | None = None, *, with_kv: bool = True, remove: bool = True
 ) -> list[RequestSnapshot]:
-    """Snapshot unfinished requests (all by default) and remove them from ``engine``; their KV
-    blocks are freed. Call between steps."""
+    """Snapshot unfinished requests (all by default) and remove them from ``engine`` (their KV
+    blocks are freed), or with ``remove=False`` leave them running: a checkpoint to resume
+    from if the engine is lost. Call between steps."""
     ids = list(engine.outputs.groups) if request_ids is None else list(request_ids)
     unknown = [rid for rid in ids if rid not in engine.outputs.groups]
     if unknown:
@@ -93,7 +94,8 @@ def export_requests(
                 sequences=sequences,
             )
         )
-        engine.abort_request(rid)
+        if remove:
+            engine.abort_request(rid)
     return snapshots
 
 

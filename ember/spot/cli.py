@@ -17,6 +17,8 @@ from ember.spot.profile import load_profile
 from ember.spot.results import markdown_table
 from ember.spot.traces import AvailabilityTrace, load_trace, synthetic_trace
 
+# bytes per weight/KV value
+_DTYPES = {"fp16": 2, "bf16": 2, "fp32": 4}
 _SYNTHETIC_KEYS = {"initial": int, "duration": float, "lifetime": float, "gap": float, "max": int, "seed": int}
 
 
@@ -80,6 +82,8 @@ def simulate(args: argparse.Namespace) -> int:
             required_rate=args.required_rate,
             max_ondemand=args.max_ondemand,
             ondemand_instances=args.ondemand_instances,
+            bytes_per_value=_DTYPES[args.dtype],
+            host_pool=args.host_pool,
             instance=instance,
         )
     except InvalidInputError:
@@ -137,6 +141,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sim.add_argument("--max-ondemand", type=int, default=0, help="on-demand instances the controller may add")
     sim.add_argument("--ondemand-instances", type=int, default=None, help="fleet of the ondemand policy")
+    sim.add_argument(
+        "--host-pool",
+        type=int,
+        default=None,
+        help="instances reroute fixes its (tp, pp) for (default: the trace's peak; the artifact's hostfile)",
+    )
+    sim.add_argument(
+        "--dtype",
+        choices=sorted(_DTYPES),
+        default="fp16",
+        help="weight/KV element type for memory and migration bytes (the SpotServe artifact serves fp32)",
+    )
     sim.add_argument("--gpus-per-instance", type=int, default=d.gpus_per_instance, help="GPUs per instance")
     sim.add_argument("--gpu-memory-gib", type=float, default=d.gpu_memory_gib, help="memory per GPU")
     sim.add_argument("--network-gbps", type=float, default=d.network_gbps, help="inter-instance bandwidth")

@@ -10,7 +10,8 @@ get a preemption notice or go, or the target rate changes; the controller answer
   their committed tokens when the KV cannot move in time).
 - `reparallelize`: optimizer picks a new configuration; every engine restarts and reloads its
   weights from storage; in-flight requests restart from scratch.
-- `reroute`: (tp, pp) fixed at the start; replicas that lose a GPU stop (requests restart
+- `reroute`: (tp, pp, batch, M1, M2) fixed for the whole run, chosen once for the whole host
+  pool; only dp follows the GPUs alive. Replicas that lose a GPU stop (requests restart
   elsewhere), whole new replicas load from storage onto free GPUs.
 - `ondemand`: a fixed on-demand fleet sized for the rate; never preempted.
 """
@@ -18,7 +19,7 @@ get a preemption notice or go, or the target rate changes; the controller answer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ember.spot.config import Device, ParallelConfig, Position
@@ -87,9 +88,15 @@ class SpotController:
         instance: InstanceSpec,
         max_ondemand: int = 0,
         drain_s: float = 0.5,
+        pool_instances: int | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"SpotController.policy must be one of {POLICIES}, got {policy!r}")
+        if policy == "reroute" and (pool_instances is None or pool_instances <= 0):
+            raise ValueError(
+                "SpotController: the reroute policy fixes its configuration for the whole host pool; "
+                f"pass pool_instances > 0 (e.g. the trace's peak instance count), got {pool_instances!r}"
+            )
         self.policy = policy
         self.optimizer = optimizer
         self.planner = planner
@@ -98,7 +105,11 @@ class SpotController:
         self.drain_s = drain_s  # SpotServe's baselines stop 0.5 s before the deadline
         self.config: ParallelConfig | None = None
         self.placement: dict[Device, Position] = {}
-        self.shape: tuple[int, int] | None = None  # reroute: fixed (tp, pp)
+        self.pool_instances = pool_instances
+        # reroute: the configuration chosen once for the pool (dp aside); None until the first
+        # decision, or for good when the model fits nowhere in the pool
+        self.fixed: ParallelConfig | None = None
+        self._fixed_chosen = False
         self.ondemand: tuple[str, ...] = ()
         self._next_od = 0
 
@@ -259,12 +270,21 @@ class SpotController:
     # -- reroute -----------------------------------------------------------------------------
     def _reroute(self, view: ClusterView, spot: list[str]) -> Reconfiguration | None:
         now, g = view.now_s, self.instance.gpus_per_instance
-        if self.shape is None:
-            cand = self.optimizer.choose(len(spot) * g, view.required_rate)
-            if cand is None:
-                return None
-            self.shape = cand.config.shape
-        tp, pp = self.shape
+        if not self._fixed_chosen:
+            # NOTE: the artifact's rerouting baseline (`baseline-triton`) solves once, before the
+            # trace starts, for every GPU of the host pool (`Scheduler.inspect_init_strategy`,
+            # Hsword/SpotServe@832b29f elastic-switch/scheduler/scheduler.py:631-637, with
+            # `TraceReplayer.get_available_hosts()` = all `--nnodes` hosts of the hostfile,
+            # trace_replayer.py:84-85,127-129; aws_e2e.sh:50,105 passes 10 hosts of 4 GPUs), keeps tp, pp,
+            # batch, M1 and M2, and at every event only sets dp = alive GPUs // (tp*pp)
+            # (scheduler.py:734-736). Choosing from the first cluster instead would tie the
+            # baseline to whatever happens to be alive at t=0.
+            self._fixed_chosen = True
+            cand = self.optimizer.choose(self.pool_instances * g, view.required_rate)
+            self.fixed = None if cand is None else cand.config
+        if self.fixed is None:
+            return None  # the model fits nowhere in the pool: this baseline never serves
+        tp, pp = self.fixed.shape
         old_place = self.placement
         by_replica: dict[int, list[Device]] = {}
         for d, p in old_place.items():
@@ -282,18 +302,8 @@ class SpotController:
         num_new = slots_free // (tp * pp // min(tp, g))
         if not broken and num_new == 0:
             return None
-        cand = self.optimizer.choose((len(kept) + num_new) * tp * pp, view.required_rate, shape=self.shape)
-        if cand is None:
-            new = None
-        else:
-            new = ParallelConfig(
-                dp=len(kept) + num_new,
-                tp=tp,
-                pp=pp,
-                batch_size=cand.config.batch_size,
-                prefill_micro=cand.config.prefill_micro,
-                decode_micro=cand.config.decode_micro,
-            )
+        dp = len(kept) + num_new
+        new = replace(self.fixed, dp=dp) if dp else None
         placement: dict[Device, Position] = {}
         replica_map: dict[int, int | None] = {}
         for i, r in enumerate(kept):

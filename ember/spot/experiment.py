@@ -31,6 +31,10 @@ class ExperimentConfig:
     max_ondemand: int = 0  # spotserve/reparallelize may add up to this many on-demand instances
     ondemand_instances: int | None = None  # ondemand policy fleet; None: fewest that reach the rate
     vocab_size: int = 50304
+    bytes_per_value: int = 2  # weights and KV: 2 = fp16 (Ember), 4 = fp32 (the SpotServe artifact)
+    # instances the reroute baseline sizes its fixed configuration for (the artifact's hostfile);
+    # None: the trace's peak instance count
+    host_pool: int | None = None
     instance: InstanceSpec = field(default_factory=InstanceSpec)
 
     def __post_init__(self) -> None:
@@ -43,6 +47,12 @@ class ExperimentConfig:
             raise InvalidInputError("no policy given", param="policy")
         if self.max_ondemand < 0:
             raise InvalidInputError(f"max_ondemand must be >= 0, got {self.max_ondemand}", param="max_ondemand")
+        if self.bytes_per_value <= 0:
+            raise InvalidInputError(
+                f"bytes_per_value must be positive, got {self.bytes_per_value}", param="bytes_per_value"
+            )
+        if self.host_pool is not None and self.host_pool <= 0:
+            raise InvalidInputError(f"host_pool must be positive, got {self.host_pool}", param="host_pool")
         if self.ondemand_instances is not None and self.ondemand_instances <= 0:
             raise InvalidInputError(
                 f"ondemand_instances must be positive, got {self.ondemand_instances}", param="ondemand_instances"
@@ -63,7 +73,12 @@ def run_experiment(
     if not arrivals:
         raise InvalidInputError("no request arrivals to replay", param="arrivals")
     inst = config.instance
-    memory = ModelMemory(num_layers=profile.num_layers, hidden_size=profile.hidden_size, vocab_size=config.vocab_size)
+    memory = ModelMemory(
+        num_layers=profile.num_layers,
+        hidden_size=profile.hidden_size,
+        vocab_size=config.vocab_size,
+        bytes_per_value=config.bytes_per_value,
+    )
     opt_cfg = OptimizerConfig(
         output_len=config.output_len,
         input_len=arrivals[0].prompt_len,
@@ -72,6 +87,9 @@ def run_experiment(
     )
     optimizer = ParallelOptimizer(profile, memory, inst, opt_cfg)
     rate = config.required_rate if config.required_rate is not None else mean_rate(arrivals)
+    pool = config.host_pool if config.host_pool is not None else trace.max_instances
+    if "reroute" in config.policies and pool <= 0:
+        raise InvalidInputError("reroute: the trace never holds an instance; give host_pool", param="host_pool")
     out = []
     for policy in config.policies:
         fleet = 0
@@ -86,6 +104,7 @@ def run_experiment(
             planner=MigrationPlanner(memory, inst),
             instance=inst,
             max_ondemand=config.max_ondemand if policy != "ondemand" else 0,
+            pool_instances=pool if policy == "reroute" else None,
         )
         sim_cfg = SimulationConfig(
             grace_period_s=config.grace_period_s,

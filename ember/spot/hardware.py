@@ -2,7 +2,8 @@
 planner need to know about bytes, bandwidths and prices.
 
 Defaults describe the SpotServe testbed: AWS g4dn.12xlarge (4 x NVIDIA T4 16 GB, 50 Gbps
-network). Prices and load bandwidths are assumptions; docs/spot.md gives their sources.
+network). Prices are the SpotServe artifact's; load bandwidths are assumptions; docs/spot.md
+gives their sources.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ class InstanceSpec:
     storage_gbps: float = 8.0  # loading a checkpoint from disk, per instance (1 GB/s)
     switch_overhead_s: float = 0.5  # SpotServe's fixed cost of one switch
     restart_overhead_s: float = 10.0  # relaunching engines (process start, NCCL init)
-    spot_price_per_hour: float = 1.1736
+    # The artifact's prices (Hsword/SpotServe@832b29f elastic-switch/scripts_ae/tradeoff_plot.py:25-26,
+    # "ondemand node price: 3.912 dollar/hour", "spot node price: 1.9046 dollar/hour"; used at
+    # lines 28-31 and 97) for a g4dn.12xlarge.
+    spot_price_per_hour: float = 1.9046
     ondemand_price_per_hour: float = 3.912
 
     def __post_init__(self) -> None:
@@ -62,11 +66,17 @@ class InstanceSpec:
 @dataclass(frozen=True, kw_only=True)
 class ModelMemory:
     """Bytes of a GPT-style decoder: 12 h^2 parameters per layer, a `vocab x h` embedding on the
-    first and the last pipeline stage, K and V of `h` values per token per layer; all fp16."""
+    first and the last pipeline stage, K and V of `h` values per token per layer, each value
+    `bytes_per_value` bytes. The optimizer's memory check and the migration planner's byte counts
+    (hence its time estimate) both come from here."""
 
     num_layers: int
     hidden_size: int
     vocab_size: int = 50304
+    # NOTE: 2 = fp16 weights and KV, what Ember serves. The SpotServe artifact runs FasterTransformer
+    # in fp32 (`data_type=fp32`, FasterTransformer/examples/cpp/multi_gpu_gpt/configs/
+    # gpt_config_{6.7B,h6144,h7168}.ini:11) and its transfer estimate counts 32 bits per element
+    # (elastic-switch/global_server/Switch.py:553-554, `comm *= 32 #Mb`); pass 4 to match it.
     bytes_per_value: int = 2
 
     def __post_init__(self) -> None:

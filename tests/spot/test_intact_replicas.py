@@ -35,11 +35,16 @@ def simulate(policy: str, events: list[AvailabilityEvent], arrivals: list[Arriva
     optimizer = ParallelOptimizer(
         PROFILE, memory, INSTANCE, OptimizerConfig(output_len=OUT, input_len=8, max_batch_size=1)
     )
+    trace = AvailabilityTrace(events=tuple(events), end_s=end_s)
     controller = SpotController(
-        policy=policy, optimizer=optimizer, planner=MigrationPlanner(memory, INSTANCE), instance=INSTANCE
+        policy=policy,
+        optimizer=optimizer,
+        planner=MigrationPlanner(memory, INSTANCE),
+        instance=INSTANCE,
+        pool_instances=max(1, trace.max_instances),
     )
     sim = Simulator(
-        trace=AvailabilityTrace(events=tuple(events), end_s=end_s),
+        trace=trace,
         arrivals=arrivals,
         controller=controller,
         profile=PROFILE,

@@ -163,3 +163,34 @@ def test_memory_order_flags_unsafe_when_gpu_cannot_hold_old_and_new():
         old_config=old, old_placement=place, new_config=new, new_placement=swap, kv_tokens={}, replica_map={}
     )
     assert not plan.is_memory_safe and plan.peak_bytes > tight.instance.usable_gpu_bytes
+
+
+def test_bytes_scale_with_the_element_size():
+    # Ember serves fp16 (2 bytes); the SpotServe artifact counts fp32 (4). Same plan, every
+    # transfer and the kept state twice the bytes, so the transfer time (less the fixed
+    # overhead) doubles too.
+    old, new = cfg(2, 1, 1), cfg(2, 2, 1)
+    a, b, c = Device("a", 0), Device("b", 0), Device("c", 0)
+    place = {a: Position(0, 0, 0), b: Position(1, 0, 0)}
+    new_place = {a: Position(1, 0, 0), c: Position(1, 1, 0), b: Position(0, 0, 0), Device("d", 0): Position(0, 1, 0)}
+    plans = {}
+    for nbytes in (2, 4):
+        mem = ModelMemory(num_layers=4, hidden_size=64, vocab_size=1000, bytes_per_value=nbytes)
+        pl = MigrationPlanner(mem, InstanceSpec(network_gbps=1.0, switch_overhead_s=0.5))
+        plans[nbytes] = pl.plan(
+            old_config=old,
+            old_placement=place,
+            new_config=new,
+            new_placement=new_place,
+            kv_tokens={0: 100, 1: 100},
+            replica_map={0: 1, 1: 0},
+            dying_instances=frozenset({"b"}),
+        )
+    fp16, fp32 = plans[2], plans[4]
+    assert fp16.moved_bytes > 0 and {t.kind for t in fp16.transfers} >= {"param", "kv"}
+    key = lambda t: (t.kind, t.layer, t.src, t.dst)  # noqa: E731
+    assert [key(t) for t in fp32.transfers] == [key(t) for t in fp16.transfers]
+    assert [t.num_bytes for t in fp32.transfers] == [2 * t.num_bytes for t in fp16.transfers]
+    assert fp32.kept_bytes == 2 * fp16.kept_bytes and fp32.moved_bytes == 2 * fp16.moved_bytes
+    assert fp32.est_s - 0.5 == pytest.approx(2 * (fp16.est_s - 0.5))
+    assert fp32.est_params_s - 0.5 == pytest.approx(2 * (fp16.est_params_s - 0.5))

@@ -102,6 +102,17 @@ def test_cli_writes_table_json_and_plot(data_dir, tmp_path, capsys):
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_dtype_and_host_pool(data_dir, tmp_path):
+    argv = ["spot", "simulate", "--trace", str(data_dir / "trace_0304_real.txt")]
+    argv += ["--arrivals", str(data_dir / "query_tpt0.35_cv6_head.txt")]
+    argv += ["--profile", str(data_dir / "megatron_h6144_profile.json"), "--min-world-size", "12"]
+    argv += ["--required-rate", "0.4", "--policy", "spotserve,reroute", "--out", str(tmp_path)]
+    assert _cli([*argv, "--dtype", "fp32", "--host-pool", "10"]) == 0
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["config"]["bytes_per_value"] == 4 and payload["config"]["host_pool"] == 10
+    assert payload["config"]["instance"]["spot_price_per_hour"] == 1.9046
+
+
 @pytest.mark.parametrize(
     "override,match",
     [

@@ -1,0 +1,109 @@
+"""One SpotServe replica: an Ember engine (its tensor/pipeline ranks included) that the router
+drives step by step, as a Ray actor placed on the instance that holds its devices.
+
+The router calls ``step`` in a loop while the replica has work; ``add``/``abort``/``export``
+/``import_`` are other actor calls, which Ray runs between two steps (an actor runs one call at
+a time, in the order a caller sent them), so the engine needs no lock. Moving requests is
+``export`` on one replica and ``import_`` of the returned object on another: the snapshots
+(tokens, RNG state, KV) travel through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ember.config import EngineConfig
+from ember.core.sampling_params import SamplingParams
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.migration import RequestSnapshot
+from ember.engine.outputs import RequestOutput
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """What the controller's ``ClusterView`` needs of one replica."""
+
+    num_requests: int
+    inflight_tokens: int  # tokens (prompt + output) of its unfinished sequences: the KV to move
+    committed_tokens: int  # output tokens generated so far by its unfinished sequences
+
+
+class ReplicaServer:
+    """The replica's engine behind a small call interface (plain Python; ``ReplicaActor`` is
+    the same class as a Ray actor)."""
+
+    def __init__(self, model: str, engine_options: Mapping[str, Any], *, name: str) -> None:
+        self.name = name
+        self.engine = LLMEngine(EngineConfig.from_kwargs(model, **dict(engine_options)))
+        self.num_steps = 0
+
+    def ready(self) -> dict:
+        """Where the replica runs (also: the actor has finished loading its model)."""
+        return {"name": self.name, "pid": os.getpid(), "node": _node_id()}
+
+    def add(self, request_id: str, prompt, params: SamplingParams, arrival_time: float | None = None) -> None:
+        self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time)
+
+    def abort(self, request_id: str) -> None:
+        self.engine.abort_request(request_id)
+
+    def step(self) -> list[RequestOutput]:
+        """One engine step (nothing when idle): the outputs of the requests it advanced."""
+        if not self.engine.has_unfinished_requests():
+            return []
+        self.num_steps += 1
+        return self.engine.step()
+
+    def export(self, request_ids: list[str] | None = None, with_kv: bool = True) -> list[RequestSnapshot]:
+        """Take requests out (all by default) to continue elsewhere."""
+        return self.engine.export_requests(request_ids, with_kv=with_kv)
+
+    def checkpoint(self) -> list[RequestSnapshot]:
+        """Every unfinished request's state without KV, left running: what a survivor
+        recomputes from if this replica dies without notice."""
+        return self.engine.export_requests(with_kv=False, remove=False)
+
+    def import_(self, snapshots: list[RequestSnapshot]) -> list[str]:
+        return self.engine.import_requests(list(snapshots))
+
+    def load(self) -> ReplicaLoad:
+        groups = self.engine.outputs.groups.values()
+        sequences = [s.request for g in groups for s in g.sequences]
+        return ReplicaLoad(
+            num_requests=len(groups),
+            inflight_tokens=sum(r.num_tokens for r in sequences),
+            committed_tokens=sum(r.num_output_tokens for r in sequences),
+        )
+
+    def check_integrity(self) -> bool:
+        self.engine.check_integrity()
+        return True
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except ImportError:  # pragma: no cover - ray is the spot extra
+        return None
+
+
+def replica_actor(instance_id: str, *, num_cpus: float = 0):
+    """``ReplicaServer`` as a Ray actor class pinned to ``instance_id``'s node (its custom
+    resource, see ``ember.spot.live.cluster``)."""
+    import ray
+
+    from ember.spot.live.cluster import instance_resource
+
+    # NOTE: max_restarts=0: a replica lost with its instance is recovered by the router from
+    # checkpoints, never restarted by Ray on another node behind the controller's back.
+    return ray.remote(ReplicaServer).options(
+        num_cpus=num_cpus, resources={instance_resource(instance_id): 0.001}, max_restarts=0
+    )
