@@ -94,6 +94,7 @@ class Scheduler:
         """``trees``: speculated continuations of decoding requests, serialized with the root
         (the last token) at its position ``num_tokens - 1``."""
         budget = self.budget_fn(self.running) if self.budget_fn else self.config.max_num_batched_tokens
+        self._step_budget = budget
         scheduled: list[tuple[Request, list[tuple[int, int]]]] = []
         preempted: list[str] = []
         speculating: dict[str, SerializedTree] = {}
@@ -112,8 +113,15 @@ class Scheduler:
                 and self._is_decode(request, plan)
                 and tree.start_position == plan[0][0]
             ):
-                plan = [(tree.start_position, tree.kv_len)]  # storage of the tree's nodes
-                speculating[request.request_id] = tree
+                tree_plan = [(tree.start_position, tree.kv_len)]  # storage of the tree's nodes
+                # NOTE: speculation is optional: a tree gets blocks only if they are free now;
+                # it never preempts anyone (itself included), the plain decode goes on instead.
+                if self.kv_cache.allocate_slots(request, self._num_new(request, tree_plan)):
+                    speculating[request.request_id] = tree
+                    scheduled.append((request, tree_plan))
+                    budget -= _count(tree_plan)
+                    i += 1
+                    continue
             while not self.kv_cache.allocate_slots(request, self._num_new(request, plan)):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -187,6 +195,8 @@ class Scheduler:
         ``num_output_tokens - 1``: drop the tokens after it and finish as stopped. A stop
         string inside a speculated run wins over a stop its later tokens hit (max_tokens,
         EOS); one on the very token that also hit such a stop leaves that reason."""
+        if not 0 <= num_output_tokens <= request.num_output_tokens:
+            raise ValueError(f"num_output_tokens={num_output_tokens} outside [0, {request.num_output_tokens}]")
         dropped = request.num_output_tokens - num_output_tokens
         del request.output_token_ids[num_output_tokens:]
         if not request.is_finished:
@@ -249,7 +259,7 @@ class Scheduler:
         total = sum(end - start for start, end in todo)
         if total > budget and not self.config.enable_chunked_prefill:
             # NOTE: without chunking a request runs whole, alone if it exceeds the budget.
-            return todo if is_first and budget == self.config.max_num_batched_tokens else []
+            return todo if is_first and budget == self._step_budget else []
         plan: list[tuple[int, int]] = []
         for start, end in todo:
             if budget <= 0:
