@@ -61,7 +61,8 @@ def test_greedy_speculation_equals_greedy_decoding(reference, proposer, batch):
 
 def test_speculation_under_chunking_prefix_hits_and_preemption(reference):
     # NOTE: a 16-token budget chunks every prompt and cannot fit some trees (they fall back to a
-    # plain decode); 24 blocks of 4 tokens force preemptions; the shared prompts hit the cache.
+    # plain decode); 24 blocks of 4 tokens force preemptions; with 4 running at most, the
+    # repeated prompts come in as the first ones finish and hit their cached blocks.
     llm = LLM(
         model="ember-tiny",
         speculative_models="ember-draft-a,ngram",
@@ -70,10 +71,11 @@ def test_speculation_under_chunking_prefix_hits_and_preemption(reference):
         max_num_batched_tokens=16,
         block_size=4,
         num_kv_blocks=24,
+        max_num_seqs=4,
     )
-    prompts = PROMPTS + PROMPTS[:3]
+    prompts = PROMPTS[:3] + PROMPTS[:3] + PROMPTS[3:]
     got = tokens(run_checked(llm, prompts, GREEDY))
-    assert got == reference + reference[:3]
+    assert got == reference[:3] + reference[:3] + reference[3:]
     assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.kv_cache.prefix_hit_rate > 0
     assert llm.engine.speculator.stats.num_accepted_tokens > 0
