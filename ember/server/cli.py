@@ -21,6 +21,13 @@ def register(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="serve a model over the OpenAI API (FastAPI + uvicorn)")
     serve.add_argument("model_tag", nargs="?", help="the model, as a positional (same as --model)")
     serve.add_argument("--model", help="HF checkpoint directory, hub id, or built-in name (e.g. debug-llama)")
+    add_server_args(serve)
+    add_engine_args(serve, skip=_NOT_ENGINE_FLAGS)
+    serve.set_defaults(func=run_serve)
+
+
+def add_server_args(serve: argparse.ArgumentParser) -> None:
+    """The ``ServerConfig`` flags (also ``ember spot serve``'s)."""
     group = serve.add_argument_group("server options")
     for f in dataclasses.fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -32,8 +39,6 @@ def register(subparsers) -> None:
         else:
             kind = {"int": int, "int | None": int, "float": float}.get(str(f.type), str)
             group.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
-    add_engine_args(serve, skip=_NOT_ENGINE_FLAGS)
-    serve.set_defaults(func=run_serve)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -77,24 +82,33 @@ def run_serve(args: argparse.Namespace) -> int:
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise InvalidInputError("`ember serve` needs the server extra: pip install 'ember[server]'") from None
 
     from ember.config import EngineConfig
     from ember.engine.async_engine import AsyncLLMEngine
     from ember.engine.llm_engine import LLMEngine
-    from ember.server.openai_api import build_app
 
     llm = LLMEngine(EngineConfig.from_kwargs(model, **engine_kwargs(args, skip=_NOT_ENGINE_FLAGS)))
     engine = AsyncLLMEngine(llm, max_waiting_requests=config.max_waiting_requests)
+    return serve_engine(engine, config, sock, model=model, url=url, command="ember serve")
+
+
+def serve_engine(engine, config: ServerConfig, sock: socket.socket, *, model: str, url: str, command: str) -> int:
+    """Serve ``engine`` (``AsyncLLMEngine``, or anything with its interface) on ``sock`` until
+    SIGTERM/SIGINT; drains in-flight requests for ``shutdown_timeout`` first."""
+    import uvicorn
+
+    from ember.server.openai_api import build_app
+
     app = build_app(engine, config, model=model)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                print(f"ember serve: listening on {url}", flush=True)
+                print(f"{command}: listening on {url}", flush=True)
 
         async def shutdown(self, sockets=None) -> None:
             # NOTE: in-flight requests get shutdown_timeout to finish; then the engine ends the

@@ -121,7 +121,7 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `spot simulate` to the `ember` command line."""
+    """Add `spot simulate` and `spot serve` to the `ember` command line."""
     spot = subparsers.add_parser("spot", help="SpotServe: serving on preemptible instances")
     sub = spot.add_subparsers(dest="spot_command", metavar="SUBCOMMAND")
     sim = sub.add_parser("simulate", help="trace-driven simulation of spot serving policies")
@@ -165,4 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--seed", type=int, default=0, help="seed of generated arrivals")
     sim.add_argument("--out", default="spot-results", help="folder for results.json and latency.png")
     sim.set_defaults(func=simulate)
+    from ember.spot.live.serve import register as register_serve
+
+    register_serve(sub)
     spot.set_defaults(func=lambda args: (spot.print_help(), 2)[1])

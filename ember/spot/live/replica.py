@@ -35,7 +35,14 @@ class ReplicaServer:
     """The replica's engine behind a small call interface (plain Python; ``ReplicaActor`` is
     the same class as a Ray actor)."""
 
-    def __init__(self, model: str, engine_options: Mapping[str, Any], *, name: str) -> None:
+    def __init__(
+        self, model: str, engine_options: Mapping[str, Any], *, name: str, num_threads: int | None = 1
+    ) -> None:
+        if num_threads is not None:
+            import torch
+
+            # NOTE: replicas share the machine's cores here; one thread each avoids oversubscription.
+            torch.set_num_threads(num_threads)
         self.name = name
         self.engine = LLMEngine(EngineConfig.from_kwargs(model, **dict(engine_options)))
         self.num_steps = 0

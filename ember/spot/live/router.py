@@ -92,7 +92,7 @@ class RouterStats:
     num_migrated: int = 0  # requests moved with their KV
     num_recomputed: int = 0  # requests moved without KV (their tokens recomputed)
     num_recovered: int = 0  # requests resumed from a checkpoint after a replica died
-    num_lost: int = 0  # requests that failed because no replica could take them
+    num_restarted: int = 0  # requests restarted from scratch (reparallelize / reroute)
     migrated_kv_bytes: int = 0
     pauses_s: list[float] = field(default_factory=list)  # per move, the time requests did not step
 
@@ -198,7 +198,7 @@ class SpotRouter:
     async def migrate(self, src: str, dst: str, request_ids: list[str] | None = None, *, with_kv: bool = True) -> int:
         """Move requests (all of ``src``'s by default) between two steps; returns how many."""
         ids = self.owned(src) if request_ids is None else list(request_ids)
-        if not ids:
+        if not ids or src == dst:
             return 0
         loop = asyncio.get_running_loop()
         first, second = sorted((src, dst))  # NOTE: one lock order, so two moves never deadlock
@@ -207,7 +207,15 @@ class SpotRouter:
             snapshots = self.replicas[src].export.remote(ids, with_kv)
             # NOTE: the heir gets the object reference: the snapshots (and KV) travel through
             # Ray's object store, not through the router.
-            await self.replicas[dst].import_.remote(snapshots)
+            try:
+                await self.replicas[dst].import_.remote(snapshots)
+            except Exception as exc:  # noqa: BLE001
+                if not _is_actor_death(exc) and not _is_actor_death(getattr(exc, "cause", None)):
+                    raise
+                # NOTE: one side died mid-move (its instance went early): the drivers see it and
+                # recover from checkpoints; nothing is lost.
+                logger.warning("move %s -> %s cut short: %s", src, dst, type(exc).__name__)
+                return 0
             self.router_stats.pauses_s.append(loop.time() - start)
         if with_kv:
             moved = await snapshots
@@ -221,29 +229,51 @@ class SpotRouter:
         self._wake[dst].set()
         return len(ids)
 
-    # ----------------------------------------------------------------- internals
-    def _least_loaded(self, exclude=()) -> str | None:
+    async def restart(self, src: str, dst: str) -> int:
+        """Move ``src``'s requests to ``dst`` from scratch (the baselines' restart): ``dst``
+        regenerates every token; the streams pass on only the new ones."""
+        ids = self.owned(src)
+        first, second = sorted((src, dst))
+        async with self._locks[first], self._locks[second]:
+            for rid in ids:
+                tracked = self._requests[rid]
+                await self.replicas[src].abort.remote(rid)
+                tracked.replica, tracked.checkpoint = dst, None
+                await self.replicas[dst].add.remote(rid, tracked.prompt, tracked.params, tracked.arrival_time)
+        self.router_stats.num_restarted += len(ids)
+        self._wake[dst].set()
+        return len(ids)
+
+    def least_loaded(self, exclude=()) -> str | None:
+        """The replica with the fewest requests (ties: by name), outside ``exclude``."""
         names = [n for n in self.replicas if n not in exclude]
         return min(names, key=lambda n: (len(self.owned(n)), n)) if names else None
 
+    # ----------------------------------------------------------------- internals
     async def _place(self, request_id: str, *, recovering: bool = False) -> None:
         tracked = self._requests.get(request_id)
         if tracked is None:
             return
-        name = self._least_loaded()
+        name = self.least_loaded()
         if name is None:
             if not recovering:
                 raise EngineDeadError("no replica is serving (the deployment is reconfiguring); retry later")
             self._orphans.append(request_id)
             return
         tracked.replica = name
-        async with self._locks[name]:
-            if tracked.checkpoint is not None:
-                await self.replicas[name].import_.remote([tracked.checkpoint])
-            else:
-                await _unwrap(
-                    self.replicas[name].add.remote(request_id, tracked.prompt, tracked.params, tracked.arrival_time)
-                )
+        try:
+            async with self._locks[name]:
+                if tracked.checkpoint is not None:
+                    await self.replicas[name].import_.remote([tracked.checkpoint])
+                else:
+                    await _unwrap(
+                        self.replicas[name].add.remote(request_id, tracked.prompt, tracked.params, tracked.arrival_time)
+                    )
+        except Exception as exc:  # noqa: BLE001
+            if not _is_actor_death(exc):
+                raise
+            await self._recover(name)  # NOTE: places this request (and the replica's others) elsewhere
+            return
         self._wake[name].set()
 
     async def _drive(self, name: str) -> None:
@@ -282,9 +312,18 @@ class SpotRouter:
                 if output.finished:
                     del self._requests[output.request_id]
 
+    def mark_lost(self, name: str) -> None:
+        """The replica's instance is gone (the executor knows before a call fails)."""
+        if name in self.replicas:
+            asyncio.get_running_loop().create_task(self._recover(name))
+
     async def _recover(self, name: str) -> None:
+        if name not in self.replicas:
+            return  # NOTE: already recovered (the driver and the executor may both notice)
         lost = self.owned(name)
-        self._tasks.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
         self.replicas.pop(name, None)
         self._locks.pop(name, None)
         self._wake.pop(name, None)
@@ -296,10 +335,11 @@ class SpotRouter:
             await self._place(rid, recovering=True)
 
 
-def _is_actor_death(exc: BaseException) -> bool:
+def _is_actor_death(exc: BaseException | None) -> bool:
     import ray
 
-    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError))
+    deaths = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
+    return isinstance(exc, deaths)
 
 
 async def _unwrap(ref):
