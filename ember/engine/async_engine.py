@@ -51,6 +51,7 @@ class EngineStats:
     num_steps: int = 0
     num_preemptions: int = 0
     speculation: dict | None = None  # SpecStats.to_dict() when speculating
+    spot: dict | None = None  # SpotServe live counters (ember.spot.live.frontend) behind `ember spot serve`
 
 
 # Commands: plain values carrying ids; applying one twice is harmless.
@@ -86,18 +87,16 @@ class _Stop:
     reason: str
 
 
-class RequestStream:
-    """The outputs of one request. Each output is cumulative (all text and tokens so far), so a
-    consumer that fell behind skips straight to the newest; the last has ``finished=True``."""
+class OutputStream:
+    """Cumulative outputs of one request as an async iterator: a consumer that fell behind
+    skips straight to the newest; the last has ``finished=True``; an error put in ends it."""
 
-    def __init__(self, request_id: str, engine: AsyncLLMEngine, loop: asyncio.AbstractEventLoop):
+    def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.finished = False
-        self._engine = engine
-        self._loop = loop
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
-    def __aiter__(self) -> RequestStream:
+    def __aiter__(self) -> OutputStream:
         return self
 
     async def __anext__(self) -> RequestOutput:
@@ -111,6 +110,15 @@ class RequestStream:
             raise item
         self.finished = item.finished
         return item
+
+
+class RequestStream(OutputStream):
+    """The outputs of one request of an ``AsyncLLMEngine``."""
+
+    def __init__(self, request_id: str, engine: AsyncLLMEngine, loop: asyncio.AbstractEventLoop):
+        super().__init__(request_id)
+        self._engine = engine
+        self._loop = loop
 
     def abort(self) -> None:
         """Stop the request and free its KV (before the engine's next step); idempotent."""

@@ -131,6 +131,23 @@ class ServerMetrics:
             ["depth"],
             registry=r,
         )
+        self.spot = {
+            key: Gauge(f"ember:spot_{key}", text, registry=r)
+            for key, text in (
+                ("reconfigurations", "SpotServe reconfigurations carried out since start"),
+                ("replicas", "Replicas serving now"),
+                ("instances", "Instances in the fleet now (dying ones included)"),
+                ("migrations", "Moves of requests between replicas since start"),
+                ("migration_seconds", "Seconds requests were paused by moves since start"),
+                ("migrated_requests", "Requests moved with their KV since start"),
+                ("migrated_kv_bytes", "KV bytes moved between replicas since start"),
+                ("recomputed_requests", "Requests moved without KV (recomputed) since start"),
+                ("recovered_requests", "Requests resumed from a checkpoint after a replica died since start"),
+                ("restarted_requests", "Requests restarted from scratch (baseline policies) since start"),
+                ("pause_p50_seconds", "Median pause of a move"),
+                ("pause_p99_seconds", "99th-percentile pause of a move"),
+            )
+        }
         info = Gauge("ember:model_info", "The served model", ["model_name"], registry=r)
         info.labels(model_name=model_name).set(1)
 
@@ -157,6 +174,10 @@ class ServerMetrics:
                 self.spec[key].set(value)
             for depth, fraction in enumerate(spec["acceptance_by_depth"], start=1):
                 self.spec_by_depth.labels(depth=str(depth)).set(fraction)
+        if stats.spot is not None:
+            for key, value in stats.spot.items():
+                if key in self.spot:
+                    self.spot[key].set(value)
         return generate_latest(self.registry)
 
     def timer(self, num_prompt_tokens: int) -> RequestTimer:

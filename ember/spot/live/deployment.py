@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ember.kvcache.cost_model import LatencyModel
 from ember.models.config import ModelArchConfig
@@ -52,6 +53,39 @@ class LiveDeploymentConfig:
             intra_gbps=self.network_gbps,
             storage_gbps=self.storage_gbps,
         )
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the front end needs of the served model (the replicas hold the weights)."""
+
+    arch: ModelArchConfig
+    tokenizer: Any
+    generation_config: dict
+    max_model_len: int
+    dtype: Any  # torch.dtype the replicas run in
+    latency: LatencyModel  # the step-latency model the controller's profile comes from
+
+
+def served_model(model: str, *, dtype: str = "auto") -> ServedModel:
+    from ember.distributed.sharded_loader import load_checkpoint_info
+    from ember.zoo import resolve_model
+
+    info, torch_dtype = load_checkpoint_info(resolve_model(model), dtype=dtype, device="cpu")
+    arch = info.config
+    latency = LatencyModel.analytic(
+        num_params=arch.num_layers * 12 * arch.hidden_size**2 + arch.vocab_size * arch.hidden_size,
+        hidden_size=arch.hidden_size,
+        num_layers=arch.num_layers,
+    )
+    return ServedModel(
+        arch=arch,
+        tokenizer=info.tokenizer,
+        generation_config=info.generation_config,
+        max_model_len=arch.max_position_embeddings,
+        dtype=torch_dtype,
+        latency=latency,
+    )
 
 
 def live_profile(

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ember.core.sampling_params import SamplingParams
-from ember.kvcache.cost_model import LatencyModel
 from ember.spot.live.cluster import LocalRayCluster
-from ember.spot.live.deployment import LiveDeploymentConfig, build_controller
+from ember.spot.live.deployment import LiveDeploymentConfig, build_controller, served_model
 from ember.spot.live.executor import LiveSpotExecutor
 from ember.spot.live.router import SpotRouter
 from ember.spot.notices import MergedSource, NodeLoss, TraceReplayConfig, TraceReplayer
@@ -55,25 +54,16 @@ async def run_live(
     replay: TraceReplayConfig,
     instance_ids: list[str],
     requests: list[LiveRequest],
-    kills: list[tuple[float, str]] = (),  # (seconds after serving starts, instance or "@host"): no notice
+    kills: list[tuple] = (),  # (seconds, instance or "@host"[, "serving" | "move"]): dies with no notice
     timeout_s: float = 600.0,
 ) -> LiveRun:
-    from ember.distributed.sharded_loader import load_checkpoint_info
-    from ember.zoo import resolve_model
-
     start = time.monotonic()
-    info, dtype = load_checkpoint_info(resolve_model(model), dtype=engine_options.get("dtype", "auto"), device="cpu")
-    arch = info.config
-    latency = LatencyModel.analytic(
-        num_params=arch.num_layers * 12 * arch.hidden_size**2 + arch.vocab_size * arch.hidden_size,
-        hidden_size=arch.hidden_size,
-        num_layers=arch.num_layers,
-    )
+    served = served_model(model, dtype=engine_options.get("dtype", "auto"))
     controller = build_controller(
-        deployment, arch, latency, bytes_per_value=dtype.itemsize, pool_instances=len(instance_ids)
+        deployment, served.arch, served.latency, bytes_per_value=served.dtype.itemsize, pool_instances=len(instance_ids)
     )
     cluster = LocalRayCluster()
-    router = SpotRouter(info, checkpoint_every=deployment.checkpoint_every)
+    router = SpotRouter(served, checkpoint_every=deployment.checkpoint_every)
     node_loss = NodeLoss()
     replayer = TraceReplayer(trace, config=replay, instance_ids=instance_ids, start_at_s=time.monotonic())
     executor = LiveSpotExecutor(
@@ -94,7 +84,12 @@ async def run_live(
                 loop_task.result()
             await asyncio.sleep(0.05)
         served_at = time.monotonic()
-        killers = [asyncio.create_task(_kill_later(node_loss, executor, served_at + t, iid)) for t, iid in kills]
+        killers = [
+            asyncio.create_task(
+                _kill_later(node_loss, executor, served_at + k[0], k[1], k[2] if len(k) > 2 else "serving")
+            )
+            for k in kills
+        ]
         tasks = [asyncio.create_task(_client(router, r, served_at, result)) for r in requests]
         await asyncio.wait_for(asyncio.gather(*tasks), timeout_s)
         for k in killers:
@@ -111,8 +106,17 @@ async def run_live(
     return result
 
 
-async def _kill_later(node_loss: NodeLoss, executor: LiveSpotExecutor, at: float, instance_id: str) -> None:
-    """``instance_id`` "@host": whichever instance hosts the busiest replica then."""
+async def _kill_later(
+    node_loss: NodeLoss, executor: LiveSpotExecutor, at: float, instance_id: str, anchor: str
+) -> None:
+    """Report ``instance_id`` dead (with no notice) at ``at``: seconds after serving starts, or
+    with ``anchor`` "move" after the first reconfiguration that moved requests. "@host" means
+    whichever instance hosts the busiest replica then."""
+    if anchor == "move":
+        stats = executor.router.router_stats
+        while not (stats.num_migrated or stats.num_recomputed or stats.num_restarted):
+            await asyncio.sleep(0.05)
+        at = time.monotonic() + at
     await asyncio.sleep(max(0.0, at - time.monotonic()))
     if instance_id == "@host":
         busiest = max(executor.hosts, key=lambda name: len(executor.router.owned(name)), default=None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-from ember.engine.async_engine import EngineDeadError
+from ember.engine.async_engine import EngineDeadError, EngineStats
 from ember.spot.live.executor import LiveSpotExecutor
 from ember.spot.live.router import RoutedStream, SpotRouter
 
@@ -21,8 +21,13 @@ class SpotFrontEnd:
         self._task: asyncio.Task | None = None
 
     @property
-    def stats(self):
-        return self.router.stats
+    def stats(self) -> EngineStats:
+        spot = self.router.router_stats.summary() | {
+            "reconfigurations": len(self.executor.decisions),
+            "replicas": len(self.router.replicas),
+            "instances": len(self.executor.instances),
+        }
+        return EngineStats(num_requests=self.router.num_requests, num_steps=self.router.num_steps, spot=spot)
 
     @property
     def is_running(self) -> bool:

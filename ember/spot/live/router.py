@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.core.sampling_params import SamplingParams
-from ember.engine.async_engine import EngineDeadError, EngineStats
+from ember.engine.async_engine import EngineDeadError, EngineStats, OutputStream
 from ember.engine.migration import RequestSnapshot
 from ember.engine.outputs import RequestOutput
 from ember.errors import InvalidInputError
@@ -32,31 +32,14 @@ from ember.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 
-class RoutedStream:
+class RoutedStream(OutputStream):
     """One request's outputs, whichever replica serves it; each output is cumulative and the
     last has ``finished=True``."""
 
     def __init__(self, request_id: str, router: SpotRouter) -> None:
-        self.request_id = request_id
-        self.finished = False
+        super().__init__(request_id)
         self._router = router
-        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self.num_delivered_tokens = 0  # tokens of the first sequence delivered so far
-
-    def __aiter__(self) -> RoutedStream:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        while not isinstance(item, BaseException) and not self._queue.empty():
-            item = self._queue.get_nowait()
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        self.finished = item.finished
-        return item
 
     def deliver(self, output: RequestOutput) -> None:
         # NOTE: after a recovery the heir regenerates tokens this stream already delivered:
@@ -96,6 +79,25 @@ class RouterStats:
     migrated_kv_bytes: int = 0
     pauses_s: list[float] = field(default_factory=list)  # per move, the time requests did not step
 
+    def summary(self) -> dict[str, float]:
+        """Counters and pause percentiles, for /metrics."""
+        pauses = sorted(self.pauses_s)
+
+        def quantile(q: float) -> float:
+            return pauses[min(len(pauses) - 1, int(q * len(pauses)))] if pauses else 0.0
+
+        return {
+            "migrated_requests": self.num_migrated,
+            "recomputed_requests": self.num_recomputed,
+            "recovered_requests": self.num_recovered,
+            "restarted_requests": self.num_restarted,
+            "migrated_kv_bytes": self.migrated_kv_bytes,
+            "migrations": len(pauses),
+            "migration_seconds": sum(pauses),
+            "pause_p50_seconds": quantile(0.5),
+            "pause_p99_seconds": quantile(0.99),
+        }
+
 
 class SpotRouter:
     def __init__(self, model_info: Any, *, checkpoint_every: int = 8, seed: int = 0) -> None:
@@ -127,6 +129,10 @@ class SpotRouter:
     @property
     def num_steps(self) -> int:
         return self._num_steps
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
 
     async def add_request(self, request_id: str, prompt, params: SamplingParams, *, arrival_time=None) -> RoutedStream:
         if self._closed_reason is not None:

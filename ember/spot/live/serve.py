@@ -41,18 +41,15 @@ def run_spot_serve(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
     except ImportError:
         raise InvalidInputError("`ember spot serve` needs the spot extra: pip install 'ember[spot]'") from None
-    from ember.distributed.sharded_loader import load_checkpoint_info
-    from ember.kvcache.cost_model import LatencyModel
     from ember.server.cli import bind, serve_engine, server_config
     from ember.spot.cli import parse_trace
     from ember.spot.live.cluster import LocalRayCluster
-    from ember.spot.live.deployment import LiveDeploymentConfig, build_controller
+    from ember.spot.live.deployment import LiveDeploymentConfig, build_controller, served_model
     from ember.spot.live.executor import LiveSpotExecutor
     from ember.spot.live.frontend import SpotFrontEnd
     from ember.spot.live.router import SpotRouter
     from ember.spot.notices import MergedSource, NodeLoss, TraceReplayConfig, TraceReplayer
     from ember.spot.traces import AvailabilityEvent, AvailabilityTrace
-    from ember.zoo import resolve_model
 
     model = args.model or "ember-tiny"
     if args.instances < 1:
@@ -77,23 +74,17 @@ def run_spot_serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
-    info, dtype = load_checkpoint_info(resolve_model(model), dtype="auto", device="cpu")
-    arch = info.config
-    latency = LatencyModel.analytic(
-        num_params=arch.num_layers * 12 * arch.hidden_size**2 + arch.vocab_size * arch.hidden_size,
-        hidden_size=arch.hidden_size,
-        num_layers=arch.num_layers,
-    )
+    served = served_model(model)
     cluster = LocalRayCluster()
     try:
-        router = SpotRouter(info, checkpoint_every=deployment.checkpoint_every)
+        router = SpotRouter(served, checkpoint_every=deployment.checkpoint_every)
         replay = TraceReplayConfig(speedup=args.speedup, grace_period_s=args.grace_period)
         notices = MergedSource(
             [TraceReplayer(trace, config=replay, instance_ids=ids, start_at_s=time.monotonic()), NodeLoss()]
         )
         executor = LiveSpotExecutor(
             controller=build_controller(
-                deployment, arch, latency, bytes_per_value=dtype.itemsize, pool_instances=len(ids)
+                deployment, served.arch, served.latency, bytes_per_value=served.dtype.itemsize, pool_instances=len(ids)
             ),
             router=router,
             cluster=cluster,

@@ -22,7 +22,7 @@ def workload(num_requests: int, max_tokens: int) -> list[LiveRequest]:
             params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         else:
             params = SamplingParams(temperature=0.9, top_p=0.95, seed=1000 + i, max_tokens=max_tokens, ignore_eos=True)
-        out.append(LiveRequest(f"q{i}", PROMPTS[i % len(PROMPTS)] + f"# {i}\n", params, at_s=0.8 * i))
+        out.append(LiveRequest(f"q{i}", PROMPTS[i % len(PROMPTS)] + f"# {i}\n", params, at_s=1.0 * i))
     return out
 
 
