@@ -266,7 +266,7 @@ class LiveSpotExecutor:
             ray.kill(handle)
 
     async def shutdown(self) -> None:
+        self.router.abort_all("the spot deployment is shutting down")
         for name in list(self.handles):
-            self.router.abort_all("the spot deployment is shutting down")
             await self._stop_replica(name)
         self.notices.close()

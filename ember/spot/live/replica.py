@@ -85,10 +85,6 @@ class ReplicaServer:
             committed_tokens=sum(r.num_output_tokens for r in sequences),
         )
 
-    def check_integrity(self) -> bool:
-        self.engine.check_integrity()
-        return True
-
     def close(self) -> None:
         self.engine.close()
 
