@@ -41,11 +41,12 @@ def register(subparsers) -> None:
     offline.add_argument("--out", default="bench_out/offline.json", help="JSON results file")
     offline.set_defaults(func=run_offline)
 
-    from ember.bench import cache_cli, serve_cli, spec_cli
+    from ember.bench import cache_cli, serve_cli, spec_cli, spot_live_cli
 
     serve_cli.add_parser(kinds)
     cache_cli.add_parsers(kinds)
     spec_cli.add_parser(kinds)
+    spot_live_cli.add_parser(kinds)
     from ember.planner.cli import add_bench_parser
 
     add_bench_parser(kinds)

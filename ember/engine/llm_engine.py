@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ember.config import EngineConfig
+from ember.core.batch import Batch
 from ember.core.request import Request
 from ember.core.sampling import Sampler, make_generator
 from ember.core.sampling_params import SamplingParams
@@ -94,6 +95,7 @@ class LLMEngine:
         self.outputs = OutputProcessor(stop=self.scheduler.stop)
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
+        self.last_batch: Batch | None = None  # what the last step ran (for callers that time steps)
 
     # ----------------------------------------------------------------- requests
     def add_request(
@@ -164,7 +166,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that progressed."""
         proposals = self.speculator.propose(self.scheduler.running) if self.speculator is not None else None
-        batch = self.scheduler.schedule(proposals)
+        batch = self.last_batch = self.scheduler.schedule(proposals)
         if batch.is_empty:
             return []
         out = self.runner.run(batch)

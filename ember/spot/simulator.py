@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ember.spot.arrivals import Arrival
 from ember.spot.config import ParallelConfig
 from ember.spot.controller import ClusterView, Reconfiguration, SpotController
-from ember.spot.profile import LatencyProfile
+from ember.spot.profile import BatchLatency, LatencyProfile
 from ember.spot.recovery import BatchProgress, plan_stop
 from ember.spot.replica import SimBatch, SimReplica, SimRequest
 from ember.spot.results import RunRecord
@@ -36,6 +36,9 @@ class SimulationConfig:
     max_batch_size: int = 4
     required_rate: float = 1.0
     ondemand_fleet: int = 0  # > 0: the `ondemand` policy's fixed fleet, never preempted
+    # the replicas share this many cores (a live run's instances on one machine): a batch that
+    # starts while k replicas run (itself included) runs max(1, k / shared_cores) times slower
+    shared_cores: float | None = None
 
     def __post_init__(self) -> None:
         if self.grace_period_s < 0:
@@ -45,6 +48,8 @@ class SimulationConfig:
                 raise ValueError(f"SimulationConfig.{name} must be positive, got {getattr(self, name)}")
         if self.required_rate < 0:
             raise ValueError(f"SimulationConfig.required_rate must be >= 0, got {self.required_rate}")
+        if self.shared_cores is not None and not self.shared_cores > 0:
+            raise ValueError(f"SimulationConfig.shared_cores must be > 0, got {self.shared_cores}")
 
 
 @dataclass
@@ -323,9 +328,14 @@ class Simulator:
                 self._start(rep, reqs, head, with_prefill=True)
 
     def _latency(self, c: ParallelConfig, batch_size: int):
-        return self.profile.batch_latency(
+        lat = self.profile.batch_latency(
             tp=c.tp, pp=c.pp, batch_size=batch_size, prefill_micro=c.prefill_micro, decode_micro=c.decode_micro
         )
+        if self.cfg.shared_cores is None:
+            return lat
+        running = 1 + sum(r.batch is not None for r in [*self.replicas.values(), *self.draining])
+        slow = max(1.0, running / self.cfg.shared_cores)
+        return BatchLatency(prefill_s=lat.prefill_s * slow, step_s=lat.step_s * slow, fixed_s=lat.fixed_s * slow)
 
     def _start(self, rep: SimReplica, reqs: list[SimRequest], committed: int, *, with_prefill: bool) -> None:
         lat = self._latency(rep.config, len(reqs))

@@ -96,6 +96,28 @@ class AvailabilityTrace:
         return best
 
 
+def window_trace(
+    trace: AvailabilityTrace, *, start_s: float = 0.0, end_s: float | None = None, speedup: float = 1.0
+) -> AvailabilityTrace:
+    """The window ``[start_s, end_s]`` of ``trace`` on a clock that starts at the window and runs
+    ``speedup`` times faster (what ``TraceReplayer`` plays live): the instances alive at
+    ``start_s`` are added at 0; rate events are dropped."""
+    if not speedup > 0:
+        raise ValueError(f"window_trace: speedup must be > 0, got {speedup}")
+    end = trace.end_s if end_s is None else min(end_s, trace.end_s)
+    if not end > start_s >= 0:
+        raise ValueError(f"window_trace: need 0 <= start_s < end_s, got [{start_s}, {end}]")
+    alive = trace.alive_at(start_s)
+    events = [AvailabilityEvent(time_s=0.0, kind="add", instance_ids=tuple(sorted(alive)))] if alive else []
+    events += [
+        AvailabilityEvent(time_s=(ev.time_s - start_s) / speedup, kind=ev.kind, instance_ids=ev.instance_ids)
+        for ev in trace.events
+        if start_s < ev.time_s <= end and ev.kind != "rate"
+    ]
+    source = f"{trace.source}[{start_s:g}:{end:g}]" + (f"/{speedup:g}" if speedup != 1 else "")
+    return AvailabilityTrace(events=tuple(events), end_s=(end - start_s) / speedup, source=source)
+
+
 def _group(rows: list[tuple[float, str, str]]) -> list[AvailabilityEvent]:
     """Merge consecutive rows with the same time and kind into one event."""
     events: list[AvailabilityEvent] = []

@@ -6,6 +6,7 @@ import pytest
 
 from ember.spot.notices import (
     PAPER_SEGMENTS,
+    HeldReplay,
     MergedSource,
     NodeLoss,
     NoticeSource,
@@ -14,7 +15,7 @@ from ember.spot.notices import (
     TraceReplayer,
     paper_segment,
 )
-from ember.spot.traces import load_trace
+from ember.spot.traces import load_trace, window_trace
 
 LIVE = tuple(f"live-{k}" for k in range(12))
 
@@ -191,3 +192,47 @@ def test_merged_source_orders_by_time_and_closes_all(data_dir):
     assert rep.closed and loss.closed and other.closed
     with pytest.raises(RuntimeError):
         merged.poll(6.0)
+
+
+def test_held_replay_announces_the_fleet_then_plays_from_begin(data_dir):
+    """The initial fleet at once; the rest of the trace on a clock that starts at ``begin`` (so
+    engines loading do not eat into the trace), the same notices a replayer started there gives."""
+    trace = load_trace(data_dir / "trace_0304_real.txt")
+    cfg = TraceReplayConfig(speedup=60.0, grace_period_s=30.0)
+    held = HeldReplay(trace, config=cfg, instance_ids=LIVE)
+    first = held.poll(3.0)
+    assert [(n.kind, n.instance_id, n.received_at_s) for n in first] == [("arrive", i, 3.0) for i in LIVE[:7]]
+    assert held.poll(500.0) == []  # nothing plays before begin, however late
+    held.begin(1000.0)
+    with pytest.raises(RuntimeError, match="begun"):
+        held.begin(1001.0)
+    reference = TraceReplayer(trace, config=cfg, instance_ids=LIVE, start_at_s=1000.0)
+    later = [n for n in reference.schedule if n.kind != "arrive" or n.received_at_s > 1000.0]
+    assert held.poll(10_000.0) == later
+    held.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        held.poll(0.0)
+
+
+def test_window_trace_is_what_the_replay_plays(data_dir):
+    """The simulator's view of a live run: the window's events on the live clock, grace aside."""
+    trace = load_trace(data_dir / "trace_0304_real.txt")
+    win = window_trace(trace, start_s=300.0, end_s=1250.0, speedup=10.0)
+    assert win.end_s == pytest.approx(95.0)
+    # A_S: 7 up, node-7 at 240 s, node-8/9 at 360, node-8 gone at 600, node-10 at 900, two gone at 1200
+    assert [(e.time_s, e.kind, len(e.instance_ids)) for e in win.events] == [
+        (0.0, "add", 8),
+        (6.0, "add", 2),
+        (30.0, "remove", 1),
+        (60.0, "add", 1),
+        (90.0, "remove", 2),
+    ]
+    cfg = TraceReplayConfig(speedup=10.0, start_s=300.0, end_s=1250.0)
+    rep = TraceReplayer(trace, config=cfg, instance_ids=LIVE, start_at_s=0.0)
+    removals = sorted(n.deadline_s for n in rep.schedule if n.kind == "preempt")
+    assert removals == sorted(e.time_s for e in win.events if e.kind == "remove" for _ in e.instance_ids)
+    assert win.max_instances == 10
+    with pytest.raises(ValueError, match="speedup"):
+        window_trace(trace, speedup=0.0)
+    with pytest.raises(ValueError, match="start_s"):
+        window_trace(trace, start_s=2000.0)

@@ -34,6 +34,9 @@ class LiveDeploymentConfig:
     checkpoint_every: int = 8
     required_rate: float = 0.0
     max_tp: int = 8  # tensor-parallel degrees the optimizer may pick (powers of two up to this)
+    # the controller's fixed costs (InstanceSpec's): of one switch, of starting an engine
+    switch_overhead_s: float = 0.5
+    restart_overhead_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("input_len", "output_len", "max_batch_size", "checkpoint_every", "max_tp"):
@@ -42,6 +45,9 @@ class LiveDeploymentConfig:
         for name in ("device_memory_mib", "network_gbps", "storage_gbps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("switch_overhead_s", "restart_overhead_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def instance(self) -> InstanceSpec:
         return InstanceSpec(
@@ -52,6 +58,8 @@ class LiveDeploymentConfig:
             network_gbps=self.network_gbps,
             intra_gbps=self.network_gbps,
             storage_gbps=self.storage_gbps,
+            switch_overhead_s=self.switch_overhead_s,
+            restart_overhead_s=self.restart_overhead_s,
         )
 
 

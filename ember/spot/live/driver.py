@@ -19,7 +19,7 @@ from ember.spot.live.cluster import LocalRayCluster
 from ember.spot.live.deployment import LiveDeploymentConfig, build_controller, served_model
 from ember.spot.live.executor import LiveSpotExecutor
 from ember.spot.live.router import SpotRouter
-from ember.spot.notices import MergedSource, NodeLoss, TraceReplayConfig, TraceReplayer
+from ember.spot.notices import HeldReplay, MergedSource, NodeLoss, TraceReplayConfig
 from ember.spot.traces import AvailabilityTrace
 
 
@@ -39,6 +39,8 @@ class LiveRun:
     failed: dict[str, str] = field(default_factory=dict)
     decisions: list[dict] = field(default_factory=list)
     router: dict = field(default_factory=dict)
+    step_samples: list = field(default_factory=list)  # (per request (tokens, start), seconds) per step
+    serving_at_s: float = 0.0  # when the first fleet served (the trace's t=0), on the decisions' clock
     wall_s: float = 0.0
 
     def to_json(self) -> str:
@@ -65,7 +67,8 @@ async def run_live(
     cluster = LocalRayCluster()
     router = SpotRouter(served, checkpoint_every=deployment.checkpoint_every)
     node_loss = NodeLoss()
-    replayer = TraceReplayer(trace, config=replay, instance_ids=instance_ids, start_at_s=time.monotonic())
+    # NOTE: the trace plays from the moment the first fleet serves, not while it loads
+    replayer = HeldReplay(trace, config=replay, instance_ids=instance_ids)
     executor = LiveSpotExecutor(
         controller=controller,
         router=router,
@@ -84,6 +87,8 @@ async def run_live(
                 loop_task.result()
             await asyncio.sleep(0.05)
         served_at = time.monotonic()
+        replayer.begin(served_at)
+        result.serving_at_s = served_at - executor.started_at
         killers = [
             asyncio.create_task(
                 _kill_later(node_loss, executor, served_at + k[0], k[1], k[2] if len(k) > 2 else "serving")
@@ -100,6 +105,7 @@ async def run_live(
         result.decisions = [asdict(d) for d in executor.decisions]
         result.router = asdict(router.router_stats)
         await executor.shutdown()
+        result.step_samples = executor.step_samples
         router.shutdown()
         cluster.shutdown()
         result.wall_s = time.monotonic() - start

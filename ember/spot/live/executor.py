@@ -81,8 +81,9 @@ class LiveSpotExecutor:
         self.hosts: dict[str, str] = {}  # replica name -> instance
         self.decisions: list[Decision] = []
         self._epoch = 0
-        self._start = time.monotonic()
+        self.started_at = time.monotonic()  # the decisions' clock starts here
         self._lost: list[str] = []
+        self.step_samples: list = []  # the stopped replicas' step logs (``ReplicaServer.step_log``)
         self.min_margin_s = min_margin_s
         router.on_replica_lost = self._replica_lost
 
@@ -188,7 +189,7 @@ class LiveSpotExecutor:
     async def _execute(self, rc: Reconfiguration, reason: str, view: ClusterView) -> Decision:
         start = time.monotonic()
         decision = Decision(
-            time_s=start - self._start,
+            time_s=start - self.started_at,
             reason=reason,
             config=rc.new_config.short() if rc.new_config is not None else None,
             mode=rc.mode,
@@ -240,7 +241,10 @@ class LiveSpotExecutor:
                 if rc.mode == "restart":
                     decision.moved += await self.router.restart(name, target)
                 else:
-                    with_kv = rc.mode == "migrate_kv" and heir is not None
+                    # NOTE: a survivor that serves on adopts the batch with its KV too (continuous
+                    # batching; a full cache there falls back to recompute), where the paper's
+                    # static batches could only hand a batch to a new replica.
+                    with_kv = rc.mode == "migrate_kv"
                     decision.moved += await self.router.migrate(name, target, with_kv=with_kv)
                 decision.kv_bytes += self.router.router_stats.migrated_kv_bytes - before
             await self._stop_replica(name)
@@ -260,6 +264,7 @@ class LiveSpotExecutor:
         handle = self.handles.pop(name, None)
         if handle is not None:
             try:
+                self.step_samples += await handle.step_log.remote()
                 await handle.close.remote()
             except Exception:  # noqa: BLE001 - already gone with its instance
                 pass

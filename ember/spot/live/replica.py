@@ -11,6 +11,8 @@ a time, in the order a caller sent them), so the engine needs no lock. Moving re
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,8 @@ class ReplicaServer:
         self.name = name
         self.engine = LLMEngine(EngineConfig.from_kwargs(model, **dict(engine_options)))
         self.num_steps = 0
+        # recent steps (see step_log): what a latency model of this replica, as it ran here, is fitted to
+        self._step_log: deque = deque(maxlen=4096)
 
     def ready(self) -> dict:
         """Where the replica runs (also: the actor has finished loading its model)."""
@@ -62,7 +66,19 @@ class ReplicaServer:
         if not self.engine.has_unfinished_requests():
             return []
         self.num_steps += 1
-        return self.engine.step()
+        start, cpu = time.perf_counter(), time.thread_time()
+        outputs = self.engine.step()
+        batch = self.engine.last_batch
+        if batch is not None and not batch.is_empty:
+            items = [(r.num_tokens, r.start_position) for r in batch.requests]
+            self._step_log.append((items, time.perf_counter() - start, time.thread_time() - cpu))
+        return outputs
+
+    def step_log(self) -> list[tuple[list[tuple[int, int]], float, float]]:
+        """The recent steps: (per request (new tokens, start position), wall seconds, CPU
+        seconds of this thread). With one torch thread the CPU seconds are what the step costs
+        on a core of its own; the wall seconds add the wait for a core other replicas hold."""
+        return list(self._step_log)
 
     def export(self, request_ids: list[str] | None = None, with_kv: bool = True) -> list[RequestSnapshot]:
         """Take requests out (all by default) to continue elsewhere."""

@@ -14,7 +14,13 @@ from ember.spot.notices.metadata import MetadataPoller
 from ember.spot.notices.node_loss import NodeLoss
 from ember.spot.notices.notice import NoticeKind, PreemptionNotice
 from ember.spot.notices.source import NoticeSource
-from ember.spot.notices.trace_replayer import PAPER_SEGMENTS, TraceReplayConfig, TraceReplayer, paper_segment
+from ember.spot.notices.trace_replayer import (
+    PAPER_SEGMENTS,
+    HeldReplay,
+    TraceReplayConfig,
+    TraceReplayer,
+    paper_segment,
+)
 
 __all__ = [
     "PAPER_SEGMENTS",
@@ -22,6 +28,7 @@ __all__ = [
     "AwsPollerConfig",
     "GcpMetadataPoller",
     "GcpPollerConfig",
+    "HeldReplay",
     "MergedSource",
     "MetadataPoller",
     "NodeLoss",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ember.spot.notices.notice import NoticeKind, PreemptionNotice
@@ -177,3 +177,34 @@ class TraceReplayer(NoticeSource):
         while self._next < len(self._schedule) and self._schedule[self._next].received_at_s <= now_s:
             self._next += 1
         return list(self._schedule[start : self._next])
+
+
+class HeldReplay(NoticeSource):
+    """A `TraceReplayer` whose trace clock starts at `begin(at_s)`: until then it emits only the
+    arrivals of the fleet alive at the window's start, so the time that fleet takes to start
+    serving (engines loading) does not eat into the trace."""
+
+    def __init__(self, trace: AvailabilityTrace, *, config: TraceReplayConfig, instance_ids: Sequence[str]) -> None:
+        self.trace, self.config, self.instance_ids = trace, config, tuple(instance_ids)
+        probe = TraceReplayer(trace, config=config, instance_ids=instance_ids, start_at_s=0.0)  # validates
+        self.initial_instances = probe.initial_instances
+        self._initial: list[str] | None = list(probe.initial_instances) if config.announce_initial else []
+        self.replayer: TraceReplayer | None = None
+
+    def begin(self, at_s: float) -> TraceReplayer:
+        if self.replayer is not None:
+            raise RuntimeError("HeldReplay.begin: the replay has begun already")
+        config = replace(self.config, announce_initial=False)
+        self.replayer = TraceReplayer(self.trace, config=config, instance_ids=self.instance_ids, start_at_s=at_s)
+        return self.replayer
+
+    def poll(self, now_s: float) -> list[PreemptionNotice]:
+        self._check_open()
+        out = [
+            PreemptionNotice(
+                instance_id=i, kind="arrive", deadline_s=None, source=self.config.source, received_at_s=now_s
+            )
+            for i in self._initial or ()
+        ]
+        self._initial = None
+        return out + (self.replayer.poll(now_s) if self.replayer is not None else [])
