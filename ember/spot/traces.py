@@ -213,6 +213,32 @@ def counts_to_trace(counts: list[int], gap_s: float, *, source: str = "", prefix
     return AvailabilityTrace(events=tuple(events), end_s=len(counts) * gap_s, source=source)
 
 
+def scale_trace(trace: AvailabilityTrace, factor: float, *, min_instances: int = 1) -> AvailabilityTrace:
+    """The trace's instance count times ``factor`` (rounded, at least ``min_instances``) at the
+    same times: a fleet of 7-10 instances played on 3-4. A drop removes the newest instances
+    (as ``counts_to_trace``); rate events are dropped."""
+    if not factor > 0:
+        raise ValueError(f"scale_trace: factor must be > 0, got {factor}")
+    alive: list[str] = []
+    events: list[AvailabilityEvent] = []
+    count, next_id = 0, 0
+    times = sorted({ev.time_s for ev in trace.events if ev.kind != "rate"})
+    for t in times:
+        for ev in trace.events:
+            if ev.time_s == t and ev.kind != "rate":
+                count += len(ev.instance_ids) if ev.kind == "add" else -len(ev.instance_ids)
+        want = max(min_instances, round(count * factor)) if count else 0
+        if want > len(alive):
+            ids = tuple(f"s{next_id + k}" for k in range(want - len(alive)))
+            next_id += len(ids)
+            alive.extend(ids)
+            events.append(AvailabilityEvent(time_s=t, kind="add", instance_ids=ids))
+        elif want < len(alive):
+            events.append(AvailabilityEvent(time_s=t, kind="remove", instance_ids=tuple(alive[want:])))
+            del alive[want:]
+    return AvailabilityTrace(events=tuple(events), end_s=trace.end_s, source=f"{trace.source}x{factor:g}")
+
+
 def load_skypilot_trace(path: str | Path) -> AvailabilityTrace:
     """SkyPilot spot-traces JSON `{"metadata": {"gap_seconds": g}, "data": [n0, n1, ...]}`."""
     path = Path(path)

@@ -13,7 +13,7 @@ from spot_helpers import DATA, instance, tiny_memory, tiny_profile
 from ember.kvcache.cost_model import LatencyModel
 from ember.spot.arrivals import Arrival
 from ember.spot.controller import SpotController
-from ember.spot.live.bench import SpotLiveBenchConfig, calibration, simulate_run, workload
+from ember.spot.live.bench import SpotLiveBenchConfig, calibration, effective_cores, simulate_run, workload
 from ember.spot.migration import MigrationPlanner
 from ember.spot.optimizer import OptimizerConfig, ParallelOptimizer
 from ember.spot.simulator import SimulationConfig, Simulator
@@ -63,6 +63,19 @@ def test_calibration_recovers_the_step_cost_and_overheads():
     assert c["switch_overhead_s"] == 0.03 and c["num_steps"] == 300
     # nothing to fit: the simulator keeps the model the controller uses
     assert calibration(run | {"step_samples": steps[:3]})["latency"] is None
+
+
+def test_effective_cores_from_overlapping_steps():
+    """Four replicas stepping at once, each step twice its CPU time: two cores between them;
+    one replica alone, however slow, says nothing about sharing."""
+    steps = [[[(1, 0)], 0.02, 0.01, 100.0 + 0.02 * t + 0.001 * r] for r in range(4) for t in range(50)]
+    assert effective_cores(steps) == pytest.approx(2.0)
+    three = [[[(1, 0)], 0.03, 0.01, 5.0 + 0.03 * t + 0.002 * r] for r in range(3) for t in range(50)]
+    assert effective_cores(three) == pytest.approx(1.0)
+    import os
+
+    alone = [[[(1, 0)], 0.05, 0.01, 7.0 + 0.05 * t] for t in range(50)]
+    assert effective_cores(alone) == len(os.sched_getaffinity(0))
 
 
 def test_simulated_run_follows_the_live_controller():

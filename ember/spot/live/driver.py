@@ -77,21 +77,21 @@ async def run_live(
         model=model,
         engine_options=engine_options,
         required_rate=deployment.required_rate,
+        on_serving=replayer.begin,
     )
     stop = asyncio.Event()
     result = LiveRun()
     loop_task = asyncio.create_task(executor.run(until=stop))
     try:
-        while not router.replicas:  # the first decision starts the fleet
+        while executor.serving_at is None:  # the first decision starts the fleet
             if loop_task.done():
                 loop_task.result()
             await asyncio.sleep(0.05)
-        served_at = time.monotonic()
-        replayer.begin(served_at)
+        served_at = executor.serving_at
         result.serving_at_s = served_at - executor.started_at
         killers = [
             asyncio.create_task(
-                _kill_later(node_loss, executor, served_at + k[0], k[1], k[2] if len(k) > 2 else "serving")
+                _kill_later(node_loss, executor, served_at, k[0], k[1], k[2] if len(k) > 2 else "serving")
             )
             for k in kills
         ]
@@ -113,16 +113,19 @@ async def run_live(
 
 
 async def _kill_later(
-    node_loss: NodeLoss, executor: LiveSpotExecutor, at: float, instance_id: str, anchor: str
+    node_loss: NodeLoss, executor: LiveSpotExecutor, served_at: float, after_s: float, instance_id: str, anchor: str
 ) -> None:
-    """Report ``instance_id`` dead (with no notice) at ``at``: seconds after serving starts, or
-    with ``anchor`` "move" after the first reconfiguration that moved requests. "@host" means
-    whichever instance hosts the busiest replica then."""
+    """Report ``instance_id`` dead (with no notice) ``after_s`` seconds after serving starts, or
+    with ``anchor`` "move" after the first reconfiguration that moved requests, once a replica
+    serves them again. "@host" means whichever instance hosts the busiest replica then."""
+    at = served_at + after_s
     if anchor == "move":
-        stats = executor.router.router_stats
+        stats, router = executor.router.router_stats, executor.router
         while not (stats.num_migrated or stats.num_recomputed or stats.num_restarted):
             await asyncio.sleep(0.05)
-        at = time.monotonic() + at
+        while not any(router.owned(name) for name in router.replicas):
+            await asyncio.sleep(0.05)
+        at = time.monotonic() + after_s
     await asyncio.sleep(max(0.0, at - time.monotonic()))
     if instance_id == "@host":
         busiest = max(executor.hosts, key=lambda name: len(executor.router.owned(name)), default=None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class LiveSpotExecutor:
         required_rate: float = 0.0,
         poll_interval_s: float = 0.05,
         min_margin_s: float = 2.0,
+        on_serving: Callable[[float], None] | None = None,
     ) -> None:
         self.controller = controller
         self.router = router
@@ -79,6 +81,8 @@ class LiveSpotExecutor:
         self.names: dict[int, str] = {}  # the controller's replica index -> router replica name
         self.handles: dict[str, Any] = {}
         self.hosts: dict[str, str] = {}  # replica name -> instance
+        self.spans: dict[str, frozenset[str]] = {}  # replica name -> the instances of its devices
+        self.placement: dict = {}  # device -> position, as the last decision placed them
         self.decisions: list[Decision] = []
         self._epoch = 0
         self.started_at = time.monotonic()  # the decisions' clock starts here
@@ -86,6 +90,8 @@ class LiveSpotExecutor:
         self.step_samples: list = []  # the stopped replicas' step logs (``ReplicaServer.step_log``)
         self.min_margin_s = min_margin_s
         router.on_replica_lost = self._replica_lost
+        self.on_serving = on_serving  # called once, with the time, when the first fleet serves
+        self.serving_at: float | None = None
 
     @property
     def stop_margin_s(self) -> float:
@@ -122,7 +128,12 @@ class LiveSpotExecutor:
         reconfiguration = self.controller.decide(view)
         if reconfiguration is None:
             return None
-        return await self._execute(reconfiguration, reason, view)
+        decision = await self._execute(reconfiguration, reason, view)
+        if self.serving_at is None and self.router.replicas:
+            self.serving_at = time.monotonic()
+            if self.on_serving is not None:
+                self.on_serving(self.serving_at)
+        return decision
 
     # ------------------------------------------------------------ notices
     def _apply(self, notice: PreemptionNotice) -> str | None:
@@ -150,10 +161,18 @@ class LiveSpotExecutor:
         if iid in self.instances:
             self.instances.remove(iid)
         self.cluster.remove_instance(iid)
-        for name, host in list(self.hosts.items()):
-            if host == iid:
-                del self.hosts[name]
+        for name, span in list(self.spans.items()):
+            if iid in span:
+                # NOTE: a replica is lost with any of its devices' instances, not only its host's
+                # (there its actor dies with the node; elsewhere it is killed here, its ranks with it)
+                del self.spans[name]
+                self.hosts.pop(name, None)
+                handle = self.handles.get(name)
                 self.router.mark_lost(name)
+                if handle is not None:
+                    import ray
+
+                    ray.kill(handle)
 
     def _replica_lost(self, name: str) -> None:
         self._lost.append(name)
@@ -197,63 +216,88 @@ class LiveSpotExecutor:
             inflight_tokens=dict(view.inflight_tokens),
         )
         self._epoch += 1
-        intact = dict(rc.migration.intact_replicas) if rc.migration is not None else {}
-        new_names: dict[int, str] = {}
-        starting = []
+        # a new replica that maps to an old one that does not stop is that replica, serving on
+        kept = {
+            r: old
+            for r, old in rc.replica_map.items()
+            if old is not None and old not in rc.stop_replicas and old in self.names
+        }
+        # NOTE: a device holds one replica at a time (on a GPU its memory does): a new replica
+        # on a device of a stopping one starts after that one stopped; the others start now,
+        # while the old replicas serve on.
+        busy = {d for d, p in self.placement.items() if p.replica in rc.stop_replicas}
+        new_names: dict[int, str] = {r: self.names[old] for r, old in kept.items()}
+        now_list, later = [], []
         if rc.new_config is not None:
-            cfg = rc.new_config
-            options = {**self.engine_options, "tensor_parallel_size": cfg.tp, "pipeline_parallel_size": cfg.pp}
-            for r in range(cfg.dp):
-                if r in intact and intact[r] in self.names:
-                    new_names[r] = self.names[intact[r]]
+            for r in range(rc.new_config.dp):
+                if r in kept:
                     continue
-                host = next(d.instance_id for d, p in rc.placement.items() if p == (r, 0, 0))
-                name = f"e{self._epoch}r{r}"
-                handle = replica_actor(host).remote(self.model, options, name=name)
-                self.handles[name], self.hosts[name] = handle, host
-                new_names[r] = name
-                starting.append(name)
-        # NOTE: the old replicas keep serving while the new ones load.
-        started = await asyncio.gather(*(self.handles[n].ready.remote() for n in starting), return_exceptions=True)
-        for name, ready in zip(starting, started):
-            if isinstance(ready, BaseException):  # its instance went while it loaded
-                logger.warning("replica %s did not start: %s", name, ready)
-                self.handles.pop(name, None)
-                new_names = {r: n for r, n in new_names.items() if n != name}
-                self._lost.append(name)
-                continue
-            self.router.add_replica(name, self.handles[name])
-        decision.started = starting
+                devices = {d for d, p in rc.placement.items() if p.replica == r}
+                (later if devices & busy else now_list).append(r)
+        new_names.update({r: self._launch(rc, r) for r in now_list})
+        decision.started = [new_names[r] for r in now_list]
+        new_names = await self._await_ready(new_names, decision.started)
         # NOTE: the controller stops "just in time" by its estimate of the move; live, a move
         # also waits for the replica's current step and the actor calls, so stop earlier by
         # what moves have measured here (twice the slowest so far, at least min_margin_s).
         await asyncio.sleep(max(0.0, rc.stop_by - self.stop_margin_s - time.monotonic()))
         stopping = [self.names[old] for old in sorted(rc.stop_replicas) if old in self.names]
+        for name in stopping:
+            self.router.retire(name)
         for old in sorted(rc.stop_replicas):
             name = self.names.get(old)
             if name is None or name in new_names.values():
                 continue
-            heir_index = next((r for r, o in rc.replica_map.items() if o == old and r not in intact), None)
+            heir_index = next((r for r, o in rc.replica_map.items() if o == old and r not in kept), None)
             heir = new_names.get(heir_index) if heir_index is not None else None
-            target = heir or self.router.least_loaded(exclude=stopping)
-            if target is not None:
-                before = self.router.router_stats.migrated_kv_bytes
-                if rc.mode == "restart":
-                    decision.moved += await self.router.restart(name, target)
-                else:
-                    # NOTE: a survivor that serves on adopts the batch with its KV too (continuous
-                    # batching; a full cache there falls back to recompute), where the paper's
-                    # static batches could only hand a batch to a new replica.
-                    with_kv = rc.mode == "migrate_kv"
-                    decision.moved += await self.router.migrate(name, target, with_kv=with_kv)
-                decision.kv_bytes += self.router.router_stats.migrated_kv_bytes - before
+            target = heir if heir in self.router.replicas else self.router.least_loaded(exclude=stopping)
+            before = self.router.router_stats.migrated_kv_bytes
+            if target is None:  # the heir waits for this replica's devices: its batch waits too
+                decision.moved += await self.router.park(name, mode=rc.mode)
+            elif rc.mode == "restart":
+                decision.moved += await self.router.restart(name, target)
+            else:
+                # NOTE: a survivor that serves on adopts the batch with its KV too (continuous
+                # batching; a full cache there falls back to recompute), where the paper's
+                # static batches could only hand a batch to a new replica.
+                decision.moved += await self.router.migrate(name, target, with_kv=rc.mode == "migrate_kv")
+            decision.kv_bytes += self.router.router_stats.migrated_kv_bytes - before
             await self._stop_replica(name)
             decision.stopped.append(name)
-        self.names = new_names
+        late = {r: self._launch(rc, r) for r in later}
+        new_names.update(late)
+        decision.started += list(late.values())
+        self.names = await self._await_ready(new_names, list(late.values()))
+        self.placement = dict(rc.placement)
         decision.ready_s = time.monotonic() - start
         self.decisions.append(decision)
         logger.info(decision.line())
         return decision
+
+    def _launch(self, rc: Reconfiguration, r: int) -> str:
+        """Start new replica ``r`` of ``rc`` on its devices' instances; returns its name."""
+        cfg = rc.new_config
+        options = {**self.engine_options, "tensor_parallel_size": cfg.tp, "pipeline_parallel_size": cfg.pp}
+        host = next(d.instance_id for d, p in rc.placement.items() if p == (r, 0, 0))
+        name = f"e{self._epoch}r{r}"
+        handle = replica_actor(host).remote(self.model, options, name=name)
+        self.handles[name], self.hosts[name] = handle, host
+        self.spans[name] = frozenset(d.instance_id for d, p in rc.placement.items() if p.replica == r)
+        return name
+
+    async def _await_ready(self, names: dict[int, str], starting: list[str]) -> dict[int, str]:
+        """Wait for ``starting`` to load and route to them; returns ``names`` without those
+        that did not start (their instance went while they loaded)."""
+        started = await asyncio.gather(*(self.handles[n].ready.remote() for n in starting), return_exceptions=True)
+        for name, ready in zip(starting, started):
+            if isinstance(ready, BaseException):
+                logger.warning("replica %s did not start: %s", name, ready)
+                self.handles.pop(name, None)
+                names = {r: n for r, n in names.items() if n != name}
+                self._lost.append(name)
+                continue
+            self.router.add_replica(name, self.handles[name])
+        return names
 
     async def _stop_replica(self, name: str) -> None:
         import ray
@@ -261,6 +305,8 @@ class LiveSpotExecutor:
         if self.router.owned(name):
             return  # NOTE: nowhere to move them: the router resumes them when a replica comes
         await self.router.remove_replica(name)
+        self.spans.pop(name, None)
+        self.hosts.pop(name, None)
         handle = self.handles.pop(name, None)
         if handle is not None:
             try:

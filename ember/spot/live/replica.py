@@ -66,18 +66,19 @@ class ReplicaServer:
         if not self.engine.has_unfinished_requests():
             return []
         self.num_steps += 1
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu = time.monotonic(), time.thread_time()
         outputs = self.engine.step()
         batch = self.engine.last_batch
         if batch is not None and not batch.is_empty:
             items = [(r.num_tokens, r.start_position) for r in batch.requests]
-            self._step_log.append((items, time.perf_counter() - start, time.thread_time() - cpu))
+            self._step_log.append((items, time.monotonic() - start, time.thread_time() - cpu, start))
         return outputs
 
-    def step_log(self) -> list[tuple[list[tuple[int, int]], float, float]]:
+    def step_log(self) -> list[tuple[list[tuple[int, int]], float, float, float]]:
         """The recent steps: (per request (new tokens, start position), wall seconds, CPU
-        seconds of this thread). With one torch thread the CPU seconds are what the step costs
-        on a core of its own; the wall seconds add the wait for a core other replicas hold."""
+        seconds of this thread, start on the machine's monotonic clock). With one torch thread
+        the CPU seconds are what the step costs on a core of its own; the wall seconds add the
+        wait for a core that other processes hold."""
         return list(self._step_log)
 
     def export(self, request_ids: list[str] | None = None, with_kv: bool = True) -> list[RequestSnapshot]:

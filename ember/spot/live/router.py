@@ -113,6 +113,8 @@ class SpotRouter:
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._orphans: list[str] = []  # requests waiting for any replica
+        self._parked: list[tuple[float, set[str]]] = []  # (when, which) per parked batch, until placed
+        self._retiring: set[str] = set()  # replicas being emptied: no new request goes there
         self._seed_rng = random.Random(seed)
         self._closed_reason: str | None = None
         self._num_steps = 0
@@ -197,6 +199,12 @@ class SpotRouter:
         self.replicas.pop(name, None)
         self._locks.pop(name, None)
         self._wake.pop(name, None)
+        self._retiring.discard(name)
+
+    def retire(self, name: str) -> None:
+        """No new request goes to ``name`` (it is about to be emptied and stopped)."""
+        if name in self.replicas:
+            self._retiring.add(name)
 
     def owned(self, name: str) -> list[str]:
         return [rid for rid, t in self._requests.items() if t.replica == name]
@@ -210,6 +218,8 @@ class SpotRouter:
         first, second = sorted((src, dst))  # NOTE: one lock order, so two moves never deadlock
         async with self._locks[first], self._locks[second]:
             start = loop.time()
+            if request_ids is None:
+                ids = self.owned(src)  # NOTE: and those placed there while the locks were held
             snapshots = self.replicas[src].export.remote(ids, with_kv)
             # NOTE: the heir gets the object reference: the snapshots (and KV) travel through
             # Ray's object store, not through the router.
@@ -238,9 +248,9 @@ class SpotRouter:
     async def restart(self, src: str, dst: str) -> int:
         """Move ``src``'s requests to ``dst`` from scratch (the baselines' restart): ``dst``
         regenerates every token; the streams pass on only the new ones."""
-        ids = self.owned(src)
         first, second = sorted((src, dst))
         async with self._locks[first], self._locks[second]:
+            ids = self.owned(src)
             for rid in ids:
                 tracked = self._requests[rid]
                 await self.replicas[src].abort.remote(rid)
@@ -250,9 +260,52 @@ class SpotRouter:
         self._wake[dst].set()
         return len(ids)
 
+    async def park(self, src: str, *, mode: str) -> int:
+        """Take ``src``'s requests out to wait for the next replica (the one that takes over
+        ``src``'s devices, once ``src`` has stopped): ``mode`` "migrate_kv" keeps their state with
+        KV (through the object store), "recompute" their state without KV, "restart" nothing.
+        ``add_replica`` places them. Returns how many."""
+        if mode not in ("migrate_kv", "recompute", "restart"):
+            raise ValueError(f"park: mode must be migrate_kv, recompute or restart, got {mode!r}")
+        ids = self.owned(src)
+        if not ids:
+            return 0
+        loop = asyncio.get_running_loop()
+        async with self._locks[src]:
+            start = loop.time()
+            ids = self.owned(src)  # NOTE: and those placed there while the lock was held
+            if mode == "restart":
+                snapshots = []
+                for rid in ids:
+                    await self.replicas[src].abort.remote(rid)
+            else:
+                try:
+                    snapshots = await self.replicas[src].export.remote(ids, mode == "migrate_kv")
+                except Exception as exc:  # noqa: BLE001
+                    if not _is_actor_death(exc):
+                        raise
+                    return 0  # NOTE: died meanwhile: its driver recovers them from checkpoints
+        # NOTE: the batch's pause lasts until its last request is placed again (see _placed)
+        self._parked.append((start, set(ids)))
+        by_id = {snap.request_id: snap for snap in snapshots}
+        for rid in ids:
+            tracked = self._requests.get(rid)
+            if tracked is None:
+                continue
+            tracked.replica, tracked.checkpoint = None, by_id.get(rid)
+            self._orphans.append(rid)
+        if mode == "migrate_kv":
+            self.router_stats.migrated_kv_bytes += sum(snap.kv_bytes for snap in snapshots)
+            self.router_stats.num_migrated += len(ids)
+        elif mode == "recompute":
+            self.router_stats.num_recomputed += len(ids)
+        else:
+            self.router_stats.num_restarted += len(ids)
+        return len(ids)
+
     def least_loaded(self, exclude=()) -> str | None:
         """The replica with the fewest requests (ties: by name), outside ``exclude``."""
-        names = [n for n in self.replicas if n not in exclude]
+        names = [n for n in self.replicas if n not in exclude and n not in self._retiring]
         return min(names, key=lambda n: (len(self.owned(n)), n)) if names else None
 
     # ----------------------------------------------------------------- internals
@@ -281,6 +334,15 @@ class SpotRouter:
             await self._recover(name)  # NOTE: places this request (and the replica's others) elsewhere
             return
         self._wake[name].set()
+        self._placed(request_id)
+
+    def _placed(self, request_id: str) -> None:
+        now = asyncio.get_running_loop().time()
+        for start, waiting in self._parked:
+            waiting.discard(request_id)
+            if not waiting:
+                self.router_stats.pauses_s.append(now - start)
+        self._parked = [(start, waiting) for start, waiting in self._parked if waiting]
 
     async def _drive(self, name: str) -> None:
         handle, steps = self.replicas[name], 0
@@ -333,6 +395,7 @@ class SpotRouter:
         self.replicas.pop(name, None)
         self._locks.pop(name, None)
         self._wake.pop(name, None)
+        self._retiring.discard(name)
         if self.on_replica_lost is not None:
             self.on_replica_lost(name)
         for rid in lost:

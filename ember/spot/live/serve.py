@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import time
 
 from ember.errors import InvalidInputError
 
@@ -26,7 +25,9 @@ def register(sub) -> None:
     serve.add_argument("--model", default=None, help="checkpoint or built-in model (default: ember-tiny)")
     serve.add_argument("--instances", type=int, default=2, help="instance slots (local Ray nodes)")
     serve.add_argument("--policy", default="spotserve", help="spotserve | reparallelize | reroute")
-    serve.add_argument("--trace", default=None, help="availability trace to replay (default: a fixed fleet)")
+    serve.add_argument(
+        "--trace", default=None, help="availability trace to replay from when the first fleet serves (default: fixed)"
+    )
     serve.add_argument("--speedup", type=float, default=60.0, help="trace seconds per live second")
     serve.add_argument("--grace-period", type=float, default=30.0, help="trace seconds from notice to removal")
     serve.add_argument("--device-memory-mib", type=float, default=1024.0, help="memory of one device")
@@ -48,7 +49,7 @@ def run_spot_serve(args: argparse.Namespace) -> int:
     from ember.spot.live.executor import LiveSpotExecutor
     from ember.spot.live.frontend import SpotFrontEnd
     from ember.spot.live.router import SpotRouter
-    from ember.spot.notices import MergedSource, NodeLoss, TraceReplayConfig, TraceReplayer
+    from ember.spot.notices import HeldReplay, MergedSource, NodeLoss, TraceReplayConfig
     from ember.spot.traces import AvailabilityEvent, AvailabilityTrace
 
     model = args.model or "ember-tiny"
@@ -79,9 +80,9 @@ def run_spot_serve(args: argparse.Namespace) -> int:
     try:
         router = SpotRouter(served, checkpoint_every=deployment.checkpoint_every)
         replay = TraceReplayConfig(speedup=args.speedup, grace_period_s=args.grace_period)
-        notices = MergedSource(
-            [TraceReplayer(trace, config=replay, instance_ids=ids, start_at_s=time.monotonic()), NodeLoss()]
-        )
+        # NOTE: the trace plays from the moment the first fleet serves, not while it loads
+        replayer = HeldReplay(trace, config=replay, instance_ids=ids)
+        notices = MergedSource([replayer, NodeLoss()])
         executor = LiveSpotExecutor(
             controller=build_controller(
                 deployment, served.arch, served.latency, bytes_per_value=served.dtype.itemsize, pool_instances=len(ids)
@@ -91,6 +92,7 @@ def run_spot_serve(args: argparse.Namespace) -> int:
             notices=notices,
             model=model,
             engine_options={"latency_model": "analytic"},
+            on_serving=replayer.begin,
         )
         return serve_engine(
             SpotFrontEnd(router, executor), config, sock, model=model, url=url, command="ember spot serve"

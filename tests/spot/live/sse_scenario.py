@@ -18,8 +18,8 @@ PROMPTS = ["def fibonacci(n):", "import os\nimport sys\n"]
 
 def main(max_tokens: int) -> None:
     trace = Path(tempfile.mkdtemp()) / "trace.csv"
-    # two instances; node1 is removed at 25 s, its notice comes 10 s before
-    trace.write_text("0,add,node0\n0,add,node1\n25000,remove,node1\n")
+    # two instances; node1 is removed 12 s after the fleet serves, its notice comes 10 s before
+    trace.write_text("0,add,node0\n0,add,node1\n12000,remove,node1\n")
     server = subprocess.Popen(
         [sys.executable, "-m", "ember", "spot", "serve", "--instances", "2", "--trace", str(trace), "--speedup", "1",
          "--grace-period", "10", "--port", "0", "--no-access-log"],
