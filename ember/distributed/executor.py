@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -70,6 +71,47 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+@dataclass(frozen=True)
+class LaunchedRank:
+    """One started rank: its process (``subprocess.Popen``, or anything with ``pid``,
+    ``poll()``, ``wait(timeout)``, ``kill()``, ``returncode``), the engine's end of its
+    connection, and the pid the worker watches (it exits when that process goes)."""
+
+    process: Any
+    conn: Any
+    parent_pid: int
+
+
+class RankLauncher(Protocol):
+    def launch(self, world_size: int) -> list[LaunchedRank]: ...
+
+    def master_address(self) -> tuple[str, int]:
+        """Where rank 0's process-group store listens (host, port)."""
+        ...
+
+
+class LocalLauncher:
+    """Every rank a child process of the engine on this machine, connected by a socket pair."""
+
+    def launch(self, world_size: int) -> list[LaunchedRank]:
+        out = []
+        for _ in range(world_size):
+            # NOTE: a fresh interpreter per rank (not multiprocessing spawn, which re-imports
+            # the caller's __main__ and so breaks scripts without a main guard); its end of
+            # a socket pair is inherited by fd number.
+            parent_end, child_end = Pipe()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ember.distributed.worker", str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),),
+            )
+            child_end.close()
+            out.append(LaunchedRank(process=proc, conn=parent_end, parent_pid=os.getpid()))
+        return out
+
+    def master_address(self) -> tuple[str, int]:
+        return "127.0.0.1", free_port()
+
+
 class DistributedExecutor:
     # NOTE: not profiled: its ranks' weights live in other processes, and tp*pp ranks timed
     # on shared cores measure contention more than the model.
@@ -87,6 +129,7 @@ class DistributedExecutor:
         attention_backend: str = "paged",
         start_timeout_s: float = 300.0,
         step_timeout_s: float = 300.0,
+        launcher: RankLauncher | None = None,
     ) -> None:
         self.layout = layout
         self.block_size = block_size
@@ -100,13 +143,21 @@ class DistributedExecutor:
         self._failure_listeners: list[Callable[[RankFailure], None]] = []
         self._closed_reason: str | None = None
         self._step_ids = itertools.count()
-        port = free_port()
-        self._procs: list[subprocess.Popen] = []
-        self._sentinels: list[int] = []
-        self._conns = []
+        launcher = launcher or LocalLauncher()
+        ranks = launcher.launch(layout.world_size)
+        self._procs = [r.process for r in ranks]
+        # NOTE: a process sentinel where the rank is a child of ours; a remote rank's death shows
+        # as its connection closing
+        self._sentinels: dict[int, int] = {
+            rank: os.pidfd_open(r.process.pid)
+            for rank, r in enumerate(ranks)
+            if isinstance(r.process, subprocess.Popen)
+        }
+        self._conns = [r.conn for r in ranks]
         self._inbox: list[list] = [[] for _ in range(layout.world_size)]
         atexit.register(self.close)
-        for rank in range(layout.world_size):
+        master_addr, master_port = launcher.master_address()
+        for rank, launched in enumerate(ranks):
             init = WorkerInit(
                 rank=rank,
                 layout=layout,
@@ -116,23 +167,12 @@ class DistributedExecutor:
                 num_blocks=num_blocks,
                 block_size=block_size,
                 attention_backend=attention_backend,
-                master_port=port,
-                parent_pid=os.getpid(),
+                master_port=master_port,
+                master_addr=master_addr,
+                parent_pid=launched.parent_pid,
                 timeout_s=max(start_timeout_s, step_timeout_s),
             )
-            # NOTE: a fresh interpreter per rank (not multiprocessing spawn, which re-imports
-            # the caller's __main__ and so breaks scripts without a main guard); its end of
-            # a socket pair is inherited by fd number.
-            parent_end, child_end = Pipe()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ember.distributed.worker", str(child_end.fileno())],
-                pass_fds=(child_end.fileno(),),
-            )
-            child_end.close()
-            self._procs.append(proc)
-            self._sentinels.append(os.pidfd_open(proc.pid))
-            self._conns.append(parent_end)
-            parent_end.send(init)
+            launched.conn.send(init)
             self.num_messages[rank]["WorkerInit"] += 1
         self.num_params = 0
         for rank in range(layout.world_size):
@@ -246,12 +286,12 @@ class DistributedExecutor:
                 pass  # NOTE: SIGKILLed; only an uninterruptible sleep delays the reaping
         for conn in self._conns:
             conn.close()
-        for fd in self._sentinels:
+        for fd in self._sentinels.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._sentinels = []
+        self._sentinels = {}
 
     def _fail(self, message: str, rank: int | None = None) -> None:
         if self.failure is None:
@@ -298,7 +338,7 @@ class DistributedExecutor:
         """The next message of type ``kind`` from ``rank``; WorkerError if any rank dies or
         fails first, or nothing arrives within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        sentinels = {fd: r for r, fd in enumerate(self._sentinels)}
+        sentinels = {fd: r for r, fd in self._sentinels.items()}
         conns = {id(c): r for r, c in enumerate(self._conns)}
         while True:
             if self._inbox[rank]:

@@ -36,6 +36,7 @@ class WorkerInit:
     master_port: int
     parent_pid: int
     timeout_s: float
+    master_addr: str = "127.0.0.1"  # rank 0's host, where the process group's store listens
 
 
 @dataclass(frozen=True)

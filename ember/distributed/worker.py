@@ -88,7 +88,7 @@ class RankWorker:
             backend = "gloo"
         dist.init_process_group(
             backend,
-            init_method=f"tcp://127.0.0.1:{init.master_port}",
+            init_method=f"tcp://{init.master_addr}:{init.master_port}",
             rank=init.rank,
             world_size=layout.world_size,
             timeout=timedelta(seconds=init.timeout_s),
@@ -213,10 +213,21 @@ def worker_main(init: WorkerInit, conn) -> None:
         exit_rank(1)
 
 
+def connect(argv: list[str]):
+    """The engine's connection: ``FD`` (a socket pair's end, from ``LocalLauncher``) or
+    ``--connect HOST:PORT`` (a remote launcher's listener; the key in EMBER_WORKER_AUTHKEY)."""
+    from multiprocessing.connection import Client, Connection
+
+    if argv[0] != "--connect":
+        return Connection(int(argv[0]))
+    host, _, port = argv[1].rpartition(":")
+    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ["EMBER_WORKER_AUTHKEY"]))
+    conn.send(os.getpid())  # NOTE: which rank this connection is, to the launcher that started it
+    return conn
+
+
 if __name__ == "__main__":
     import sys
-    from multiprocessing.connection import Connection
 
-    # NOTE: started by DistributedExecutor with its end of a socket pair as fd argv[1].
-    _conn = Connection(int(sys.argv[1]))
+    _conn = connect(sys.argv[1:])
     worker_main(_conn.recv(), _conn)

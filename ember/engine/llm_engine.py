@@ -44,7 +44,9 @@ PromptType = str | list[int] | dict[str, Any]
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, rank_launcher=None) -> None:
+        """``rank_launcher``: how a tensor/pipeline-parallel engine's ranks start
+        (``ember.distributed.executor.RankLauncher``; default: child processes here)."""
         self.config = config
         loaded, dtype = load_for_layout(
             resolve_model(config.model), dtype=config.dtype, device=config.device, layout=config.parallel
@@ -68,6 +70,7 @@ class LLMEngine:
             device=config.device,
             attention_backend=config.attention_backend,
             compile=config.compile,
+            launcher=rank_launcher,
         )
         scheduler_config = dataclasses.replace(config.scheduler, max_model_len=self.max_model_len)
         self.latency_model = load_latency_model(

@@ -38,8 +38,10 @@ def make_runner(
     device: str,
     attention_backend: str = "paged",
     compile: bool = False,
+    launcher=None,
 ) -> Runner:
-    """A runner for ``loaded`` (from ``load_for_layout`` with the same ``layout``)."""
+    """A runner for ``loaded`` (from ``load_for_layout`` with the same ``layout``).
+    ``launcher``: how a distributed layout's ranks start (default: child processes here)."""
     if layout.is_distributed:
         from ember.distributed.executor import DistributedExecutor
 
@@ -51,6 +53,7 @@ def make_runner(
             dtype=dtype,
             device=device,
             attention_backend=attention_backend,
+            launcher=launcher,
         )
     return ModelRunner(
         loaded.module,

@@ -11,6 +11,7 @@ from ember.spot.notices import (
     NodeLoss,
     NoticeSource,
     PreemptionNotice,
+    RayNodeWatcher,
     TraceReplayConfig,
     TraceReplayer,
     paper_segment,
@@ -236,3 +237,22 @@ def test_window_trace_is_what_the_replay_plays(data_dir):
         window_trace(trace, speedup=0.0)
     with pytest.raises(ValueError, match="start_s"):
         window_trace(trace, start_s=2000.0)
+
+
+def test_ray_node_watcher_turns_nodes_coming_and_going_into_notices():
+    fleet = {"a", "b"}
+    watcher = RayNodeWatcher(alive=lambda: set(fleet), interval_s=1.0)
+    assert [(n.kind, n.instance_id, n.received_at_s) for n in watcher.poll(10.0)] == [
+        ("arrive", "a", 10.0),
+        ("arrive", "b", 10.0),
+    ]
+    fleet.discard("b")
+    fleet.add("c")
+    assert watcher.poll(10.5) == []  # within the interval: Ray is not asked again
+    got = watcher.poll(11.0)
+    assert [(n.kind, n.instance_id) for n in got] == [("arrive", "c"), ("terminated", "b")]
+    assert all(n.deadline_s is None and n.source == "ray-nodes" for n in got)
+    assert watcher.poll(20.0) == []  # each change once
+    watcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        watcher.poll(30.0)

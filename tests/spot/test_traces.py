@@ -11,6 +11,7 @@ from ember.spot.traces import (
     load_segment_trace,
     load_skypilot_trace,
     load_trace,
+    scale_trace,
     synthetic_trace,
 )
 
@@ -104,3 +105,22 @@ def test_generated_arrivals_match_rate_and_cv():
 def test_bad_arrival_specs(spec):
     with pytest.raises(InvalidInputError):
         parse_arrivals(spec, duration_s=10)
+
+
+def test_scale_trace_keeps_times_and_scales_the_count(data_dir):
+    """A_S (7 up, 8 at 240 s, 10 at 360, 9 at 600, 10 at 900, 8 at 1200) at 0.4: 3, 4 at 360 s, 3
+    at 1200 s (the other changes round away); the newest instance goes first."""
+    a_s = load_trace(data_dir / "trace_0304_real.txt")
+    scaled = scale_trace(a_s, 0.4)
+    assert [(e.time_s, e.kind, e.instance_ids) for e in scaled.events] == [
+        (0.0, "add", ("s0", "s1", "s2")),
+        (360.0, "add", ("s3",)),
+        (1200.0, "remove", ("s3",)),
+    ]
+    assert scaled.end_s == a_s.end_s
+    for t in (0.0, 250.0, 400.0, 700.0, 1000.0, 1300.0):
+        assert len(scaled.alive_at(t)) == max(1, round(len(a_s.alive_at(t)) * 0.4))
+    assert len(scale_trace(a_s, 0.01, min_instances=2).alive_at(500.0)) == 2
+    assert [len(scale_trace(a_s, 1.0).alive_at(t)) for t in (0.0, 700.0)] == [7, 9]
+    with pytest.raises(ValueError, match="factor"):
+        scale_trace(a_s, 0.0)

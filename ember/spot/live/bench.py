@@ -200,10 +200,20 @@ def _quote(text: str) -> str:
 def _run_subprocess(cfg: SpotLiveBenchConfig, policy: str) -> dict:
     spec = json.dumps({"config": _config_json(cfg), "policy": policy})
     argv = _isolated([sys.executable, "-m", "ember.spot.live.bench", spec], isolate=cfg.isolate)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=cfg.timeout_s + 120)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"spot-live run ({policy}) failed with exit {done.returncode}:\n{done.stderr[-3000:]}")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=cfg.timeout_s + 120)
+    except BaseException:
+        # NOTE: interrupted or out of time: SIGTERM lets the run shut its Ray cluster down
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"spot-live run ({policy}) failed with exit {proc.returncode}:\n{stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
@@ -386,7 +396,7 @@ def run_bench(cfg: SpotLiveBenchConfig, *, progress=print) -> dict:
                 "round": k, "policy": policy, "live": live, "sim": sim, "calibration": calib,
                 "load_avg_1m": load, "wall_s": time.monotonic() - start,
                 "latency": {r.request_id: run["latency_s"].get(r.request_id) for r in requests},
-                "decisions": run["decisions"], "serving_at_s": run["serving_at_s"],
+                "decisions": run["decisions"], "serving_at_s": run["serving_at_s"], "failed": run["failed"],
             })  # fmt: skip
             progress(
                 f"  round {k + 1} {policy}: P50 {live['P50 s']:.2f}s P99 {live['P99 s']:.2f}s lost {live['lost']} "
@@ -478,6 +488,10 @@ def plot(payload: dict, path: Path) -> Path:
 
 def main(argv: list[str]) -> None:
     """One run in this process (``python -m ember.spot.live.bench SPEC``): prints it as JSON."""
+    import signal
+
+    # NOTE: SIGTERM unwinds (the run's finally shuts its Ray cluster down) instead of killing
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
     spec = json.loads(argv[1])
     raw = spec["config"]
     cfg = SpotLiveBenchConfig(**raw | {"policies": tuple(raw["policies"])})

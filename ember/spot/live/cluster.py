@@ -68,3 +68,45 @@ class LocalRayCluster:
         ray.shutdown()
         self._cluster.shutdown()
         self._nodes.clear()
+
+
+class AttachedRayCluster:
+    """A running Ray cluster (``ray start`` on each instance with ``--resources
+    '{"ember_instance_<id>": 1}'``): the cloud adds and removes its nodes; here an arrival is
+    checked against Ray's view and a removal only stops using the instance."""
+
+    def __init__(self, address: str) -> None:
+        import ray
+
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        self.address = address
+
+    @property
+    def instances(self) -> list[str]:
+        return sorted(alive_instances())
+
+    def add_instance(self, instance_id: str) -> None:
+        if instance_id not in alive_instances():
+            raise ValueError(f"instance {instance_id!r} has no alive Ray node with {instance_resource(instance_id)}")
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Nothing to do: the instance's node goes with the instance (the executor no longer uses it)."""
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.shutdown()
+
+
+def alive_instances() -> set[str]:
+    """The instance ids of the alive Ray nodes that carry an ``ember_instance_<id>`` resource."""
+    import ray
+
+    prefix = instance_resource("")
+    return {
+        key.removeprefix(prefix)
+        for node in ray.nodes()
+        if node.get("Alive")
+        for key in node.get("Resources", {})
+        if key.startswith(prefix)
+    }

@@ -117,7 +117,8 @@ async def _kill_later(
 ) -> None:
     """Report ``instance_id`` dead (with no notice) ``after_s`` seconds after serving starts, or
     with ``anchor`` "move" after the first reconfiguration that moved requests, once a replica
-    serves them again. "@host" means whichever instance hosts the busiest replica then."""
+    serves them again. "@host" means whichever instance hosts the busiest replica then, "@rank1"
+    the instance of that replica's rank 1 (its engine loses a rank; its actor lives on)."""
     at = served_at + after_s
     if anchor == "move":
         stats, router = executor.router.router_stats, executor.router
@@ -127,11 +128,11 @@ async def _kill_later(
             await asyncio.sleep(0.05)
         at = time.monotonic() + after_s
     await asyncio.sleep(max(0.0, at - time.monotonic()))
-    if instance_id == "@host":
+    if instance_id in ("@host", "@rank1"):
         busiest = max(executor.hosts, key=lambda name: len(executor.router.owned(name)), default=None)
         if busiest is None:
             return
-        instance_id = executor.hosts[busiest]
+        instance_id = executor.hosts[busiest] if instance_id == "@host" else executor.rank_instances[busiest][1]
     node_loss.report(instance_id)
 
 
@@ -140,7 +141,7 @@ async def _client(router: SpotRouter, r: LiveRequest, served_at: float, result: 
     sent = time.monotonic()
     streamed: list[int] = []
     try:
-        stream = await _add_with_retry(router, r)
+        stream = await router.add_request(r.request_id, r.prompt, r.params)  # waits for a replica if none serves
         last = None
         async for last in stream:
             tokens = last.outputs[0].token_ids
@@ -154,14 +155,3 @@ async def _client(router: SpotRouter, r: LiveRequest, served_at: float, result: 
     result.token_ids[r.request_id] = [c.token_ids for c in last.outputs]
     result.streamed_token_ids[r.request_id] = streamed
     result.latency_s[r.request_id] = time.monotonic() - sent
-
-
-async def _add_with_retry(router: SpotRouter, r: LiveRequest, *, attempts: int = 200):
-    from ember.engine.async_engine import EngineDeadError
-
-    for _ in range(attempts):
-        try:
-            return await router.add_request(r.request_id, r.prompt, r.params)
-        except EngineDeadError:
-            await asyncio.sleep(0.05)  # reconfiguring: no replica serves for a moment
-    return await router.add_request(r.request_id, r.prompt, r.params)

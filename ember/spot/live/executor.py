@@ -82,6 +82,7 @@ class LiveSpotExecutor:
         self.handles: dict[str, Any] = {}
         self.hosts: dict[str, str] = {}  # replica name -> instance
         self.spans: dict[str, frozenset[str]] = {}  # replica name -> the instances of its devices
+        self.rank_instances: dict[str, list[str]] = {}  # replica name -> each rank's instance
         self.placement: dict = {}  # device -> position, as the last decision placed them
         self.decisions: list[Decision] = []
         self._epoch = 0
@@ -280,7 +281,11 @@ class LiveSpotExecutor:
         options = {**self.engine_options, "tensor_parallel_size": cfg.tp, "pipeline_parallel_size": cfg.pp}
         host = next(d.instance_id for d, p in rc.placement.items() if p == (r, 0, 0))
         name = f"e{self._epoch}r{r}"
-        handle = replica_actor(host).remote(self.model, options, name=name)
+        # each rank on its device's instance (rank = stage * tp + tensor rank)
+        by_rank = {p.pp_stage * cfg.tp + p.tp_rank: d.instance_id for d, p in rc.placement.items() if p.replica == r}
+        ranks = [by_rank[k] for k in range(cfg.tp * cfg.pp)]
+        handle = replica_actor(host).remote(self.model, options, name=name, rank_instances=ranks)
+        self.rank_instances[name] = ranks
         self.handles[name], self.hosts[name] = handle, host
         self.spans[name] = frozenset(d.instance_id for d, p in rc.placement.items() if p.replica == r)
         return name

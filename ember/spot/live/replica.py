@@ -38,15 +38,28 @@ class ReplicaServer:
     the same class as a Ray actor)."""
 
     def __init__(
-        self, model: str, engine_options: Mapping[str, Any], *, name: str, num_threads: int | None = 1
+        self,
+        model: str,
+        engine_options: Mapping[str, Any],
+        *,
+        name: str,
+        num_threads: int | None = 1,
+        rank_instances: list[str] | None = None,
     ) -> None:
+        """``rank_instances``: the instance of each tensor/pipeline rank (by rank), where the
+        ranks run as processes of their own (``ember.spot.live.ranks``); None: all here."""
         if num_threads is not None:
             import torch
 
             # NOTE: replicas share the machine's cores here; one thread each avoids oversubscription.
             torch.set_num_threads(num_threads)
         self.name = name
-        self.engine = LLMEngine(EngineConfig.from_kwargs(model, **dict(engine_options)))
+        launcher = None
+        if rank_instances is not None and len(rank_instances) > 1:
+            from ember.spot.live.ranks import RayRankLauncher
+
+            launcher = RayRankLauncher(rank_instances)
+        self.engine = LLMEngine(EngineConfig.from_kwargs(model, **dict(engine_options)), rank_launcher=launcher)
         self.num_steps = 0
         # recent steps (see step_log): what a latency model of this replica, as it ran here, is fitted to
         self._step_log: deque = deque(maxlen=4096)

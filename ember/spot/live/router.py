@@ -186,7 +186,7 @@ class SpotRouter:
         self._wake[name].set()
         orphans, self._orphans = self._orphans, []
         for rid in orphans:
-            asyncio.get_running_loop().create_task(self._place(rid, recovering=True))
+            asyncio.get_running_loop().create_task(self._place(rid))
 
     async def remove_replica(self, name: str) -> None:
         """Stop routing to an (empty) replica; its requests must have moved first."""
@@ -309,14 +309,14 @@ class SpotRouter:
         return min(names, key=lambda n: (len(self.owned(n)), n)) if names else None
 
     # ----------------------------------------------------------------- internals
-    async def _place(self, request_id: str, *, recovering: bool = False) -> None:
+    async def _place(self, request_id: str) -> None:
         tracked = self._requests.get(request_id)
         if tracked is None:
             return
         name = self.least_loaded()
         if name is None:
-            if not recovering:
-                raise EngineDeadError("no replica is serving (the deployment is reconfiguring); retry later")
+            # NOTE: no replica serves now (the fleet is starting or reconfiguring): the request
+            # waits, as in a queue, for the next replica that comes (add_replica places it)
             self._orphans.append(request_id)
             return
         tracked.replica = name
@@ -392,22 +392,32 @@ class SpotRouter:
         task = self._tasks.pop(name, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        self.replicas.pop(name, None)
+        handle = self.replicas.pop(name, None)
         self._locks.pop(name, None)
         self._wake.pop(name, None)
         self._retiring.discard(name)
+        if handle is not None:
+            import ray
+
+            ray.kill(handle)  # NOTE: a replica whose engine lost a rank is alive but useless
         if self.on_replica_lost is not None:
             self.on_replica_lost(name)
         for rid in lost:
             self._requests[rid].replica = None
             self.router_stats.num_recovered += 1
-            await self._place(rid, recovering=True)
+            await self._place(rid)
 
 
 def _is_actor_death(exc: BaseException | None) -> bool:
+    """The replica is gone: its actor died (with its instance), or its engine lost a rank (on
+    another instance that went) and cannot step again."""
     import ray
 
+    from ember.errors import WorkerError
+
     deaths = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), WorkerError):
+        return True
     return isinstance(exc, deaths)
 
 

@@ -23,7 +23,12 @@ def register(sub) -> None:
 
     serve = sub.add_parser("serve", help="serve a model on preemptible instances (Ray), OpenAI API in front")
     serve.add_argument("--model", default=None, help="checkpoint or built-in model (default: ember-tiny)")
-    serve.add_argument("--instances", type=int, default=2, help="instance slots (local Ray nodes)")
+    serve.add_argument("--instances", type=int, default=2, help="instance slots (local Ray nodes; reroute's pool)")
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="attach to this running Ray cluster: its nodes with an ember_instance_<id> resource are the fleet",
+    )
     serve.add_argument("--policy", default="spotserve", help="spotserve | reparallelize | reroute")
     serve.add_argument(
         "--trace", default=None, help="availability trace to replay from when the first fleet serves (default: fixed)"
@@ -44,17 +49,21 @@ def run_spot_serve(args: argparse.Namespace) -> int:
         raise InvalidInputError("`ember spot serve` needs the spot extra: pip install 'ember[spot]'") from None
     from ember.server.cli import bind, serve_engine, server_config
     from ember.spot.cli import parse_trace
-    from ember.spot.live.cluster import LocalRayCluster
+    from ember.spot.live.cluster import AttachedRayCluster, LocalRayCluster
     from ember.spot.live.deployment import LiveDeploymentConfig, build_controller, served_model
     from ember.spot.live.executor import LiveSpotExecutor
     from ember.spot.live.frontend import SpotFrontEnd
     from ember.spot.live.router import SpotRouter
-    from ember.spot.notices import HeldReplay, MergedSource, NodeLoss, TraceReplayConfig
+    from ember.spot.notices import HeldReplay, MergedSource, NodeLoss, RayNodeWatcher, TraceReplayConfig
     from ember.spot.traces import AvailabilityEvent, AvailabilityTrace
 
     model = args.model or "ember-tiny"
     if args.instances < 1:
         raise InvalidInputError(f"--instances must be >= 1, got {args.instances}", param="instances")
+    if args.address and args.trace:
+        raise InvalidInputError(
+            "--trace replays onto local instances; with --address the fleet is the cluster's nodes", param="trace"
+        )
     config = server_config(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -76,13 +85,19 @@ def run_spot_serve(args: argparse.Namespace) -> int:
     url = f"http://{host}:{port}"
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
     served = served_model(model)
-    cluster = LocalRayCluster()
+    cluster = AttachedRayCluster(args.address) if args.address else LocalRayCluster()
     try:
         router = SpotRouter(served, checkpoint_every=deployment.checkpoint_every)
-        replay = TraceReplayConfig(speedup=args.speedup, grace_period_s=args.grace_period)
-        # NOTE: the trace plays from the moment the first fleet serves, not while it loads
-        replayer = HeldReplay(trace, config=replay, instance_ids=ids)
-        notices = MergedSource([replayer, NodeLoss()])
+        if args.address:
+            # NOTE: the fleet is what Ray sees: nodes that join are arrivals, nodes that leave
+            # without a notice are terminations
+            replayer = None
+            notices = MergedSource([RayNodeWatcher(), NodeLoss()])
+        else:
+            replay = TraceReplayConfig(speedup=args.speedup, grace_period_s=args.grace_period)
+            # NOTE: the trace plays from the moment the first fleet serves, not while it loads
+            replayer = HeldReplay(trace, config=replay, instance_ids=ids)
+            notices = MergedSource([replayer, NodeLoss()])
         executor = LiveSpotExecutor(
             controller=build_controller(
                 deployment, served.arch, served.latency, bytes_per_value=served.dtype.itemsize, pool_instances=len(ids)
@@ -92,7 +107,7 @@ def run_spot_serve(args: argparse.Namespace) -> int:
             notices=notices,
             model=model,
             engine_options={"latency_model": "analytic"},
-            on_serving=replayer.begin,
+            on_serving=replayer.begin if replayer is not None else None,
         )
         return serve_engine(
             SpotFrontEnd(router, executor), config, sock, model=model, url=url, command="ember spot serve"

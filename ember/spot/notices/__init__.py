@@ -13,6 +13,7 @@ from ember.spot.notices.merged import MergedSource
 from ember.spot.notices.metadata import MetadataPoller
 from ember.spot.notices.node_loss import NodeLoss
 from ember.spot.notices.notice import NoticeKind, PreemptionNotice
+from ember.spot.notices.ray_nodes import RayNodeWatcher
 from ember.spot.notices.source import NoticeSource
 from ember.spot.notices.trace_replayer import (
     PAPER_SEGMENTS,
@@ -35,6 +36,7 @@ __all__ = [
     "NoticeKind",
     "NoticeSource",
     "PreemptionNotice",
+    "RayNodeWatcher",
     "TraceReplayConfig",
     "TraceReplayer",
     "paper_segment",
