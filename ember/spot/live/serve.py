@@ -29,7 +29,7 @@ def register(sub) -> None:
         default=None,
         help="attach to this running Ray cluster: its nodes with an ember_instance_<id> resource are the fleet",
     )
-    serve.add_argument("--policy", default="spotserve", help="spotserve | reparallelize | reroute")
+    serve.add_argument("--policy", default="spotserve", choices=("spotserve", "reparallelize", "reroute"))
     serve.add_argument(
         "--trace", default=None, help="availability trace to replay from when the first fleet serves (default: fixed)"
     )
@@ -79,7 +79,8 @@ def run_spot_serve(args: argparse.Namespace) -> int:
     if args.trace:
         trace = parse_trace(args.trace)
     else:
-        trace = AvailabilityTrace(events=(AvailabilityEvent(0.0, "add", tuple(ids)),), end_s=1e12, source="fixed")
+        fleet = AvailabilityEvent(time_s=0.0, kind="add", instance_ids=tuple(ids))
+        trace = AvailabilityTrace(events=(fleet,), end_s=1e12, source="fixed")
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
