@@ -477,7 +477,7 @@ def plot(payload: dict, path: Path) -> Path:
         ax.set_xlabel("request arrival (live s; red: notice to removal, green: instance added)")
         ax.legend(loc="upper left", fontsize=8)
     axes[0].set_ylabel("latency (s)")
-    axes[0].set_title(f"live, {payload['window']}")
+    axes[0].set_title(f"live: {cfg['trace']} [{cfg['start_s']:g}, {cfg['end_s']:g}] s at {cfg['speedup']:g}x")
     axes[1].set_title("simulator, calibrated by the live run")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
