@@ -12,7 +12,11 @@ from sse_scenario import PROMPTS, start_server, stream_all
 
 
 def main(max_tokens: int) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # NOTE: Ray's health checks decide when a node that vanished is dead (by default after
+    # about 15 s); checked more often here, so the test need not wait that long
+    head = {"num_cpus": 1, "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}}  # fmt: skip
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         nodes = {
             iid: cluster.add_node(num_cpus=1, resources={f"ember_instance_{iid}": 1}, object_store_memory=128 * 2**20)
@@ -28,6 +32,9 @@ def main(max_tokens: int) -> None:
         at_loss = [len(d) for d in deltas]
         cluster.remove_node(nodes["b"], allow_graceful=False)  # node b is gone, nobody said so
         client.join()
+        deadline = time.monotonic() + 60  # the streams may end before Ray calls node b dead
+        while not any("b terminated" in x for x in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
         server.terminate()
         server.wait(60)
     finally:

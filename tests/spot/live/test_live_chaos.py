@@ -59,5 +59,6 @@ def test_preemptions_and_a_dead_node_lose_nothing_and_change_no_token(oracle):
     router = run["router"]
     # the notice left time to move with KV (the heir waited for the devices the old replica held)
     assert router["num_migrated"] > 0 and router["migrated_kv_bytes"] > 0, router
+    assert router["num_recomputed"] == 0 and router["num_restarted"] == 0, router  # no move without KV
     assert router["num_recovered"] > 0, router  # the broken replica's batch resumed from checkpoints
     assert len([c for c in configs if c == "dp1.tp2.pp1.b1.m1/1"]) >= 2, configs  # a new tp=2 replica
