@@ -40,7 +40,8 @@ def add_parser(kinds) -> None:
 
 def run_spot_live(args: argparse.Namespace) -> int:
     from ember.bench.report import write_results
-    from ember.spot.live.bench import COLUMNS, SpotLiveBenchConfig, p99_ratios, plot, run_bench, table_rows
+    from ember.spot.live.bench import SpotLiveBenchConfig, run_bench
+    from ember.spot.live.bench_report import COLUMNS, p99_ratios, plot, table_rows
 
     cfg = SpotLiveBenchConfig(
         model=args.model,

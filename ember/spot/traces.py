@@ -194,23 +194,29 @@ def load_segment_trace(path: str | Path) -> AvailabilityTrace:
 
 def counts_to_trace(counts: list[int], gap_s: float, *, source: str = "", prefix: str = "i") -> AvailabilityTrace:
     """A count series (instances alive at each tick) as events; a drop removes the newest."""
-    alive: list[str] = []
-    events: list[AvailabilityEvent] = []
-    next_id = 0
     for tick, n in enumerate(counts):
         if n < 0:
             raise InvalidInputError(f"{source}: negative count {n} at tick {tick}", param="trace")
-        t = tick * gap_s
+    events = _follow_counts([(tick * gap_s, n) for tick, n in enumerate(counts)], prefix)
+    return AvailabilityTrace(events=tuple(events), end_s=len(counts) * gap_s, source=source)
+
+
+def _follow_counts(points: list[tuple[float, int]], prefix: str) -> list[AvailabilityEvent]:
+    """Events that make ``n`` instances alive at each ``(time, n)``: new ids ``prefix0, ...``
+    added, the newest removed first."""
+    alive: list[str] = []
+    events: list[AvailabilityEvent] = []
+    next_id = 0
+    for t, n in points:
         if n > len(alive):
             ids = tuple(f"{prefix}{next_id + k}" for k in range(n - len(alive)))
             next_id += len(ids)
             alive.extend(ids)
             events.append(AvailabilityEvent(time_s=t, kind="add", instance_ids=ids))
         elif n < len(alive):
-            ids = tuple(alive[n:])
+            events.append(AvailabilityEvent(time_s=t, kind="remove", instance_ids=tuple(alive[n:])))
             del alive[n:]
-            events.append(AvailabilityEvent(time_s=t, kind="remove", instance_ids=ids))
-    return AvailabilityTrace(events=tuple(events), end_s=len(counts) * gap_s, source=source)
+    return events
 
 
 def scale_trace(trace: AvailabilityTrace, factor: float, *, min_instances: int = 1) -> AvailabilityTrace:
@@ -219,23 +225,13 @@ def scale_trace(trace: AvailabilityTrace, factor: float, *, min_instances: int =
     (as ``counts_to_trace``); rate events are dropped."""
     if not factor > 0:
         raise ValueError(f"scale_trace: factor must be > 0, got {factor}")
-    alive: list[str] = []
-    events: list[AvailabilityEvent] = []
-    count, next_id = 0, 0
-    times = sorted({ev.time_s for ev in trace.events if ev.kind != "rate"})
-    for t in times:
+    points, count = [], 0
+    for t in sorted({ev.time_s for ev in trace.events if ev.kind != "rate"}):
         for ev in trace.events:
             if ev.time_s == t and ev.kind != "rate":
                 count += len(ev.instance_ids) if ev.kind == "add" else -len(ev.instance_ids)
-        want = max(min_instances, round(count * factor)) if count else 0
-        if want > len(alive):
-            ids = tuple(f"s{next_id + k}" for k in range(want - len(alive)))
-            next_id += len(ids)
-            alive.extend(ids)
-            events.append(AvailabilityEvent(time_s=t, kind="add", instance_ids=ids))
-        elif want < len(alive):
-            events.append(AvailabilityEvent(time_s=t, kind="remove", instance_ids=tuple(alive[want:])))
-            del alive[want:]
+        points.append((t, max(min_instances, round(count * factor)) if count else 0))
+    events = _follow_counts(points, "s")
     return AvailabilityTrace(events=tuple(events), end_s=trace.end_s, source=f"{trace.source}x{factor:g}")
 
 

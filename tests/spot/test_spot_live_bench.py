@@ -13,7 +13,8 @@ from spot_helpers import DATA, instance, tiny_memory, tiny_profile
 from ember.kvcache.cost_model import LatencyModel
 from ember.spot.arrivals import Arrival
 from ember.spot.controller import SpotController
-from ember.spot.live.bench import SpotLiveBenchConfig, calibration, effective_cores, simulate_run, workload
+from ember.spot.live.bench import SpotLiveBenchConfig, simulate_run, workload
+from ember.spot.live.calibration import calibration, effective_cores
 from ember.spot.migration import MigrationPlanner
 from ember.spot.optimizer import OptimizerConfig, ParallelOptimizer
 from ember.spot.simulator import SimulationConfig, Simulator

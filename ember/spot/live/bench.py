@@ -8,8 +8,8 @@ outputs checked token for token against one uninterrupted engine, requests moved
 recomputed / restarted / recovered, pauses, reconfigurations, cost.
 
 Beside each live run, the simulator's prediction of it: the same compressed trace and arrivals
-and the same controller, with the simulator's constants taken from that run — a latency model
-fitted to the replicas' measured steps, the measured engine start and the measured pause.
+and the same controller, with the simulator's constants taken from that run
+(``ember.spot.live.calibration``). The table and the plot are ``ember.spot.live.bench_report``'s.
 
 Each run is a fresh process, in a loopback-only network namespace when this process can make
 one (root, ``unshare``, ``ip``): Ray binds the machine's external address otherwise.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -187,14 +188,8 @@ def _isolated(argv: list[str], *, isolate: bool) -> list[str]:
             "pass --no-isolate to let Ray bind this machine's address instead",
             param="isolate",
         )
-    inner = " ".join(_quote(a) for a in argv)
+    inner = " ".join(shlex.quote(a) for a in argv)
     return ["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {inner}"]
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def _run_subprocess(cfg: SpotLiveBenchConfig, policy: str) -> dict:
@@ -258,52 +253,6 @@ def live_summary(run: dict, requests, oracle: dict) -> dict:
         "reconf": sum(1 for d in run["decisions"] if d["time_s"] >= serving - 1e-6),
         "configs": [d["config"] or "none" for d in run["decisions"]],
     }
-
-
-def calibration(run: dict) -> dict:
-    """The simulator's constants as this run measured them: a latency model fitted to the
-    replicas' steps in CPU seconds (what a step costs on a core of its own; the simulator adds
-    the sharing of this machine's cores), the engine start and the pause of a move."""
-    from ember.kvcache.cost_model import LatencyModel
-
-    steps = [s for s in run["step_samples"] if s[0]]
-    starts = [d["ready_s"] for d in run["decisions"][1:] if d["started"]]
-    first = run["decisions"][0]["ready_s"] if run["decisions"] else 10.0
-    pauses = run["router"]["pauses_s"]
-
-    def fit(column: int, source: str):
-        if len(steps) < 8:
-            return None
-        return asdict(LatencyModel.fit_batches([(s[0], s[column]) for s in steps], source=source))
-
-    return {
-        "latency": fit(2, "live steps, CPU seconds"),
-        "latency_wall": fit(1, "live steps, wall seconds"),
-        "num_steps": len(steps),
-        "cores": effective_cores(steps),
-        "restart_overhead_s": float(np.median(starts)) if starts else first,
-        "switch_overhead_s": float(np.median(pauses)) if pauses else 0.5,
-    }
-
-
-def effective_cores(steps: list) -> float:
-    """How many cores the replicas' steps had between them, as measured: a step that ran while
-    k steps ran (itself included) and took s times its CPU seconds had k / s cores' worth; the
-    median over the steps that ran alongside others. (The router, Ray and the client take the
-    rest of the machine.) The machine's core count when nothing ran alongside."""
-    machine = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    timed = [(s[3], s[3] + s[1], s[1] / s[2]) for s in steps if len(s) > 3 and s[2] > 0]
-    if not timed:
-        return machine
-    starts = np.sort([a for a, _, _ in timed])
-    ends = np.sort([b for _, b, _ in timed])
-    ratios = []
-    for a, b, slow in timed:
-        mid = (a + b) / 2
-        running = int(np.searchsorted(starts, mid, side="right") - np.searchsorted(ends, mid, side="right"))
-        if running >= 2:
-            ratios.append(running / slow)
-    return float(np.median(ratios)) if ratios else machine
 
 
 def simulate_run(cfg: SpotLiveBenchConfig, policy: str, requests, input_len: int, calib: dict) -> dict:
@@ -372,6 +321,8 @@ def trace_cost(cfg: SpotLiveBenchConfig) -> float:
 
 # ---------------------------------------------------------------------------- the benchmark
 def run_bench(cfg: SpotLiveBenchConfig, *, progress=print) -> dict:
+    from ember.spot.live.calibration import calibration
+
     window = cfg.window()
     requests = workload(cfg, window.end_s)
     if not requests:
@@ -410,80 +361,6 @@ def run_bench(cfg: SpotLiveBenchConfig, *, progress=print) -> dict:
         "cost_usd": trace_cost(cfg),
         "runs": runs,
     }
-
-
-def table_rows(payload: dict) -> list[dict]:
-    rows = []
-    for run in payload["runs"]:
-        live, sim = run["live"], run["sim"]
-        rows.append(
-            {"round": run["round"] + 1, "policy": run["policy"]}
-            | {k: v for k, v in live.items() if k != "configs"}
-            | {
-                "sim P50 s": sim["P50 s"],
-                "sim P99 s": sim["P99 s"],
-                "sim/live P99": sim["P99 s"] / live["P99 s"] if live["P99 s"] else float("nan"),
-                "same configs": live["configs"] == sim["configs"],
-                "cost $": payload["cost_usd"],
-                "load": run["load_avg_1m"],
-            }
-        )
-    return rows
-
-
-COLUMNS = [
-    "round", "policy", "done", "lost", "wrong outputs", "mean s", "P50 s", "P99 s", "with KV", "recomputed",
-    "restarted", "recovered", "pause P50 s", "pause P99 s", "reconf", "sim P50 s", "sim P99 s", "sim/live P99",
-    "same configs", "cost $", "load",
-]  # fmt: skip
-
-
-def p99_ratios(payload: dict) -> dict[str, float]:
-    """Per round: the best baseline's live P99 over SpotServe's (> 1: SpotServe better)."""
-    out = {}
-    for k in sorted({r["round"] for r in payload["runs"]}):
-        by = {r["policy"]: r["live"]["P99 s"] for r in payload["runs"] if r["round"] == k}
-        base = [v for p, v in by.items() if p != "spotserve"]
-        if "spotserve" in by and base:
-            out[f"round {k + 1}"] = min(base) / by["spotserve"]
-    return out
-
-
-def plot(payload: dict, path: Path) -> Path:
-    """Live latency over arrival time per policy (left), the simulator's (right); preemption
-    notices and removals marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-    arrivals = payload["arrival_s"]
-    last_round = max(r["round"] for r in payload["runs"])
-    for run in (r for r in payload["runs"] if r["round"] == last_round):
-        lat = list(run["latency"].values())
-        pts = [(a, v) for a, v in zip(arrivals, lat) if v is not None]
-        axes[0].scatter([a for a, _ in pts], [v for _, v in pts], s=8, alpha=0.7, label=run["policy"])
-        axes[1].scatter(run["sim"]["arrival_s"], run["sim"]["latency_s"], s=8, alpha=0.7, label=run["policy"])
-    cfg = payload["config"]
-    window = SpotLiveBenchConfig(**cfg | {"policies": tuple(cfg["policies"])}).window()
-    grace = cfg["grace_period_s"] / cfg["speedup"]
-    for ax in axes:
-        for ev in window.events:
-            if ev.kind == "remove":
-                ax.axvspan(max(0.0, ev.time_s - grace), ev.time_s, color="red", alpha=0.12)
-            elif ev.time_s > 0:
-                ax.axvline(ev.time_s, color="green", ls=":", lw=0.8)
-        ax.set_xlabel("request arrival (live s; red: notice to removal, green: instance added)")
-        ax.legend(loc="upper left", fontsize=8)
-    axes[0].set_ylabel("latency (s)")
-    axes[0].set_title(f"live: {cfg['trace']} [{cfg['start_s']:g}, {cfg['end_s']:g}] s at {cfg['speedup']:g}x")
-    axes[1].set_title("simulator, calibrated by the live run")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(argv: list[str]) -> None:

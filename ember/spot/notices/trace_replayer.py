@@ -188,7 +188,7 @@ class HeldReplay(NoticeSource):
         self.trace, self.config, self.instance_ids = trace, config, tuple(instance_ids)
         probe = TraceReplayer(trace, config=config, instance_ids=instance_ids, start_at_s=0.0)  # validates
         self.initial_instances = probe.initial_instances
-        self._initial: list[str] | None = list(probe.initial_instances) if config.announce_initial else []
+        self._initial = list(probe.initial_instances) if config.announce_initial else []  # for the first poll
         self.replayer: TraceReplayer | None = None
 
     def begin(self, at_s: float) -> TraceReplayer:
@@ -204,7 +204,7 @@ class HeldReplay(NoticeSource):
             PreemptionNotice(
                 instance_id=i, kind="arrive", deadline_s=None, source=self.config.source, received_at_s=now_s
             )
-            for i in self._initial or ()
+            for i in self._initial
         ]
-        self._initial = None
+        self._initial = []
         return out + (self.replayer.poll(now_s) if self.replayer is not None else [])
